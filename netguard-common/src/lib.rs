@@ -1,0 +1,348 @@
+//! Map keys and values shared by netguard's kernel programs and its agent.
+//!
+//! Every type is `#[repr(C)]` with explicit padding so that the kernel and user space agree
+//! byte for byte; flags are `u32` rather than `bool` so that no `Pod` type has implicit
+//! padding. Changing a layout here changes [`DATAPATH_ABI`].
+#![no_std]
+
+/// Layout version of the pinned maps. A pinned datapath whose version differs is not adopted.
+pub const DATAPATH_ABI: u64 = 1;
+
+/// How many cgroup levels below the root the programs look up for a policy.
+pub const MAX_CGROUP_DEPTH: i32 = 16;
+
+/// Gateway slots in [`maps::GATEWAYS`]; slot 0 means "no gateway".
+pub const MAX_GATEWAYS: u32 = 256;
+
+/// Blocked-flow events a cgroup may emit per second before they are suppressed (still counted).
+pub const EVENTS_PER_SECOND: u64 = 64;
+
+/// Names of the maps, as they appear in the eBPF object and under the pin directory.
+pub mod maps {
+    /// Per-cgroup policy: `u64` cgroup id -> [`crate::CgroupPolicy`].
+    pub const POLICY: &str = "NG_POLICY";
+    /// Internal IPv4 destinations: LPM `[scope | addr]` ([`crate::ScopedV4`]) -> `u32` (unused).
+    pub const INTERNAL_V4: &str = "NG_INTERNAL_V4";
+    /// Internal IPv6 destinations: LPM `[scope | addr]` ([`crate::ScopedV6`]) -> `u32`.
+    pub const INTERNAL_V6: &str = "NG_INTERNAL_V6";
+    /// VPN endpoints: [`crate::EndpointKey`] -> `u32` (unused).
+    pub const ENDPOINTS: &str = "NG_ENDPOINTS";
+    /// Gateway slots: array of [`crate::GatewayState`].
+    pub const GATEWAYS: &str = "NG_GATEWAYS";
+    /// Raw-socket backstop: `u32` ifindex (host side of a protected namespace's veth, in the
+    /// agent's network namespace) -> `u64` cgroup id whose policy applies.
+    pub const BACKSTOP: &str = "NG_BACKSTOP";
+    /// Per-CPU counters: `u64` cgroup id -> [`crate::Counters`].
+    pub const COUNTERS: &str = "NG_COUNTERS";
+    /// Blocked-flow events ([`crate::BlockedFlow`]).
+    pub const EVENTS: &str = "NG_EVENTS";
+    /// Per-cgroup event budget: `u64` cgroup id -> [`crate::EventBudget`].
+    pub const EVENT_BUDGET: &str = "NG_EVENT_BUDGET";
+    /// Array of one `u64`: the [`crate::DATAPATH_ABI`] that created the pinned maps.
+    pub const META: &str = "NG_META";
+
+    /// Every map, in the order the agent pins them.
+    pub const ALL: [&str; 10] = [
+        POLICY,
+        INTERNAL_V4,
+        INTERNAL_V6,
+        ENDPOINTS,
+        GATEWAYS,
+        BACKSTOP,
+        COUNTERS,
+        EVENTS,
+        EVENT_BUDGET,
+        META,
+    ];
+}
+
+/// Why a packet or a connection was stopped.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockReason {
+    /// The destination is neither internal, nor a VPN endpoint, nor reached through the tunnel.
+    NotAllowed = 0,
+    /// The container's gateway tunnel is down.
+    TunnelDown = 1,
+    /// The packet could not be parsed, or carries headers that could reroute it.
+    Malformed = 2,
+    /// The traffic could not be tied to a known policy; blocked until it can.
+    Unclassified = 3,
+}
+
+/// Number of [`BlockReason`] slots in [`Counters`].
+pub const BLOCK_REASONS: usize = 4;
+
+impl BlockReason {
+    /// Every reason, in slot order.
+    pub const ALL: [BlockReason; BLOCK_REASONS] = [
+        BlockReason::NotAllowed,
+        BlockReason::TunnelDown,
+        BlockReason::Malformed,
+        BlockReason::Unclassified,
+    ];
+
+    /// The metric label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BlockReason::NotAllowed => "not_allowed",
+            BlockReason::TunnelDown => "tunnel_down",
+            BlockReason::Malformed => "malformed",
+            BlockReason::Unclassified => "unclassified",
+        }
+    }
+
+    /// The reason stored in slot `raw`, if any.
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            0 => Some(BlockReason::NotAllowed),
+            1 => Some(BlockReason::TunnelDown),
+            2 => Some(BlockReason::Malformed),
+            3 => Some(BlockReason::Unclassified),
+            _ => None,
+        }
+    }
+}
+
+/// Where a block happened.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// cgroup_skb egress: the packet was dropped.
+    Egress = 0,
+    /// cgroup connect4/6: `connect()` failed with EPERM.
+    Connect = 1,
+    /// cgroup sendmsg4/6: `sendto()` failed with EPERM.
+    Sendmsg = 2,
+    /// TC on the host-side veth: a frame that bypassed the socket layer was dropped.
+    Backstop = 3,
+}
+
+impl Hook {
+    /// The hook stored as `raw`, if any.
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            0 => Some(Hook::Egress),
+            1 => Some(Hook::Connect),
+            2 => Some(Hook::Sendmsg),
+            3 => Some(Hook::Backstop),
+            _ => None,
+        }
+    }
+
+    /// A short name for logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Hook::Egress => "egress",
+            Hook::Connect => "connect",
+            Hook::Sendmsg => "sendmsg",
+            Hook::Backstop => "backstop",
+        }
+    }
+}
+
+/// [`CgroupPolicy::flags`]: block every destination that is not allowed.
+pub const POLICY_PROTECTED: u32 = 1;
+
+/// What the datapath does for one cgroup (and its descendants without an entry of their own).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupPolicy {
+    /// [`POLICY_PROTECTED`] or 0 (counted only).
+    pub flags: u32,
+    /// Gateway slot in [`maps::GATEWAYS`]; 0 for none.
+    pub gateway: u32,
+}
+
+impl CgroupPolicy {
+    /// Whether non-allowed destinations are blocked.
+    pub const fn is_protected(&self) -> bool {
+        self.flags & POLICY_PROTECTED != 0
+    }
+}
+
+/// Scope of an internal CIDR: 0 for every protected cgroup, else the cgroup id it belongs to.
+pub const SCOPE_GLOBAL: u64 = 0;
+
+/// LPM trie key data for IPv4: the scope (big-endian) followed by the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScopedV4 {
+    /// [`SCOPE_GLOBAL`] or a cgroup id, big-endian so the trie matches it as a prefix.
+    pub scope: [u8; 8],
+    /// Network-order address.
+    pub addr: [u8; 4],
+}
+
+/// LPM trie key data for IPv6: the scope (big-endian) followed by the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScopedV6 {
+    /// [`SCOPE_GLOBAL`] or a cgroup id, big-endian.
+    pub scope: [u8; 8],
+    /// Network-order address.
+    pub addr: [u8; 16],
+}
+
+/// Prefix bits taken by the scope in [`ScopedV4`] and [`ScopedV6`] keys.
+pub const SCOPE_BITS: u32 = 64;
+
+/// Address family values used in keys and events (the kernel's AF_INET / AF_INET6).
+pub const FAMILY_V4: u8 = 2;
+/// See [`FAMILY_V4`].
+pub const FAMILY_V6: u8 = 10;
+
+/// A VPN endpoint a gateway's containers may reach while the tunnel is down.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct EndpointKey {
+    /// Gateway slot.
+    pub gateway: u32,
+    /// Destination port in host order; 0 matches any port.
+    pub port: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Address; IPv4 in the first four bytes, the rest zero.
+    pub addr: [u8; 16],
+}
+
+/// [`GatewayState::tunnel_up`] value for an up tunnel.
+pub const TUNNEL_UP: u32 = 1;
+
+/// Name bytes kept with a gateway slot so a restarted agent can map names back to slots.
+pub const GATEWAY_NAME_LEN: usize = 48;
+
+/// One gateway slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GatewayState {
+    /// [`TUNNEL_UP`] or 0.
+    pub tunnel_up: u32,
+    /// Interface index of the tunnel in the gateway's network namespace; 0 for none.
+    pub tunnel_ifindex: u32,
+    /// Cookie of the network namespace `tunnel_ifindex` lives in.
+    pub tunnel_netns_cookie: u64,
+    /// 1 while the slot is in use.
+    pub in_use: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Gateway name, NUL-padded.
+    pub name: [u8; GATEWAY_NAME_LEN],
+}
+
+impl Default for GatewayState {
+    fn default() -> Self {
+        Self {
+            tunnel_up: 0,
+            tunnel_ifindex: 0,
+            tunnel_netns_cookie: 0,
+            in_use: 0,
+            _pad: 0,
+            name: [0; GATEWAY_NAME_LEN],
+        }
+    }
+}
+
+/// Per-cgroup counters, one copy per CPU. Bytes are IP packet lengths (header + payload).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    /// Bytes let out by cgroup_skb egress.
+    pub tx_bytes: u64,
+    /// Packets let out by cgroup_skb egress.
+    pub tx_packets: u64,
+    /// Bytes received by the cgroup's sockets.
+    pub rx_bytes: u64,
+    /// Packets received by the cgroup's sockets.
+    pub rx_packets: u64,
+    /// Packets dropped, by [`BlockReason`] slot (cgroup egress and backstop).
+    pub blocked_packets: [u64; BLOCK_REASONS],
+    /// Bytes dropped, by [`BlockReason`] slot.
+    pub blocked_bytes: [u64; BLOCK_REASONS],
+    /// `connect()` / `sendto()` calls refused with EPERM, by [`BlockReason`] slot.
+    pub refused_calls: [u64; BLOCK_REASONS],
+    /// Blocked-flow events not emitted (rate limit or full ring buffer).
+    pub events_suppressed: u64,
+}
+
+impl Counters {
+    /// Adds `other` into `self` (summing per-CPU copies).
+    pub fn accumulate(&mut self, other: &Counters) {
+        self.tx_bytes += other.tx_bytes;
+        self.tx_packets += other.tx_packets;
+        self.rx_bytes += other.rx_bytes;
+        self.rx_packets += other.rx_packets;
+        for i in 0..BLOCK_REASONS {
+            self.blocked_packets[i] += other.blocked_packets[i];
+            self.blocked_bytes[i] += other.blocked_bytes[i];
+            self.refused_calls[i] += other.refused_calls[i];
+        }
+        self.events_suppressed += other.events_suppressed;
+    }
+}
+
+/// A blocked flow, as sent to the agent through [`maps::EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BlockedFlow {
+    /// Cgroup whose policy blocked it (0 if none was found).
+    pub cgroup_id: u64,
+    /// Destination address; IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+    /// Destination port in host order (0 when unknown).
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// [`FAMILY_V4`], [`FAMILY_V6`] or 0 when unparseable.
+    pub family: u8,
+    /// [`BlockReason`] as `u8`.
+    pub reason: u8,
+    /// [`Hook`] as `u8`.
+    pub hook: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+    /// Packet length (0 for refused calls).
+    pub bytes: u32,
+    /// Explicit padding.
+    pub _pad2: u32,
+}
+
+/// Rate-limit window for one cgroup's events.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EventBudget {
+    /// Start of the current one-second window (`bpf_ktime_get_ns`).
+    pub window_start_ns: u64,
+    /// Events emitted in the window.
+    pub emitted: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+
+    // SAFETY: all are #[repr(C)], contain only integers and byte arrays, and have no
+    // implicit padding (checked by the size assertions below).
+    unsafe impl aya::Pod for CgroupPolicy {}
+    unsafe impl aya::Pod for ScopedV4 {}
+    unsafe impl aya::Pod for ScopedV6 {}
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for GatewayState {}
+    unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for BlockedFlow {}
+    unsafe impl aya::Pod for EventBudget {}
+}
+
+// No implicit padding: each size equals the sum of its fields.
+const _: () = {
+    assert!(core::mem::size_of::<CgroupPolicy>() == 8);
+    assert!(core::mem::size_of::<ScopedV4>() == 12);
+    assert!(core::mem::size_of::<ScopedV6>() == 24);
+    assert!(core::mem::size_of::<EndpointKey>() == 24);
+    assert!(core::mem::size_of::<GatewayState>() == 24 + GATEWAY_NAME_LEN);
+    assert!(core::mem::size_of::<Counters>() == 8 * (4 + 3 * BLOCK_REASONS + 1));
+    assert!(core::mem::size_of::<BlockedFlow>() == 40);
+    assert!(core::mem::size_of::<EventBudget>() == 16);
+};

@@ -1,0 +1,2 @@
+#![no_std]
+// Exists so that netguard can name this crate as a build dependency.

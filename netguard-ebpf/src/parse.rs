@@ -1,0 +1,224 @@
+//! Bounds-checked parsing of the packet headers the verdict needs.
+//!
+//! Every read goes through `bpf_skb_load_bytes` with a fixed size, so a short or
+//! non-linear packet is an error, never an out-of-bounds read. Anything that cannot be
+//! parsed, or that could be rerouted after we looked at it (IPv4 source routing, an IPv6
+//! routing header with segments left), is `Err(())`: the caller blocks it as `malformed`.
+
+use aya_ebpf::programs::{SkBuffContext, TcContext};
+use netguard_common::{FAMILY_V4, FAMILY_V6};
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_ARP: u16 = 0x0806;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_UDPLITE: u8 = 136;
+
+const IPOPT_END: u8 = 0;
+const IPOPT_NOOP: u8 = 1;
+const IPOPT_LSRR: u8 = 0x83;
+const IPOPT_SSRR: u8 = 0x89;
+
+/// IPv6 extension headers walked before giving up (and blocking).
+const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+/// Where a packet is going, as far as the verdict is concerned.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub family: u8,
+    /// IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+    pub proto: u8,
+    /// Host order; meaningful only when `port_known`.
+    pub port: u16,
+    /// False for non-first fragments and protocols without ports.
+    pub port_known: bool,
+}
+
+/// The two kinds of socket buffer the programs see.
+pub trait Packet {
+    fn load<T>(&self, offset: usize) -> Result<T, ()>;
+    fn len(&self) -> u32;
+}
+
+impl Packet for SkBuffContext {
+    #[inline(always)]
+    fn load<T>(&self, offset: usize) -> Result<T, ()> {
+        SkBuffContext::load(self, offset).map_err(|_| ())
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        SkBuffContext::len(self)
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn load<T>(&self, offset: usize) -> Result<T, ()> {
+        TcContext::load(self, offset).map_err(|_| ())
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
+    }
+}
+
+/// Parses the IP packet starting at `offset`, of the family named by `ethertype`.
+#[inline(always)]
+pub fn parse_ip<P: Packet>(pkt: &P, offset: usize, ethertype: u16) -> Result<Flow, ()> {
+    match ethertype {
+        ETH_P_IP => parse_v4(pkt, offset),
+        ETH_P_IPV6 => parse_v6(pkt, offset),
+        _ => Err(()),
+    }
+}
+
+#[inline(always)]
+fn parse_v4<P: Packet>(pkt: &P, offset: usize) -> Result<Flow, ()> {
+    let hdr: [u8; 20] = pkt.load(offset)?;
+    if hdr[0] >> 4 != 4 {
+        return Err(());
+    }
+    let ihl = usize::from(hdr[0] & 0x0f) * 4;
+    if ihl < 20 {
+        return Err(());
+    }
+    let total_len = usize::from(u16::from_be_bytes([hdr[2], hdr[3]]));
+    let available = pkt.len() as usize - offset;
+    // BIG TCP super-packets carry total length 0; anything else must fit what we hold.
+    let big_gso = total_len == 0 && available > 0xffff;
+    if !big_gso && (total_len < ihl || total_len > available) {
+        return Err(());
+    }
+    if ihl > 20 {
+        check_v4_options(pkt, offset + 20, ihl - 20)?;
+    }
+    let fragment_offset = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
+    let mut flow = Flow {
+        family: FAMILY_V4,
+        addr: [0; 16],
+        proto: hdr[9],
+        port: 0,
+        port_known: false,
+    };
+    flow.addr[..4].copy_from_slice(&hdr[16..20]);
+    if fragment_offset == 0 {
+        load_port(pkt, offset + ihl, &mut flow)?;
+    }
+    Ok(flow)
+}
+
+/// Rejects source-route options: with them the header's destination is only the next hop.
+#[inline(always)]
+fn check_v4_options<P: Packet>(pkt: &P, start: usize, len: usize) -> Result<(), ()> {
+    let mut i = 0usize;
+    for _ in 0..40 {
+        if i >= len || i >= 40 {
+            return Ok(());
+        }
+        let kind: u8 = pkt.load(start + i)?;
+        match kind {
+            IPOPT_END => return Ok(()),
+            IPOPT_NOOP => i += 1,
+            IPOPT_LSRR | IPOPT_SSRR => return Err(()),
+            _ => {
+                let opt_len: u8 = pkt.load(start + i + 1)?;
+                if opt_len < 2 {
+                    return Err(());
+                }
+                i += usize::from(opt_len);
+            }
+        }
+    }
+    if i >= len { Ok(()) } else { Err(()) }
+}
+
+#[inline(always)]
+fn parse_v6<P: Packet>(pkt: &P, offset: usize) -> Result<Flow, ()> {
+    let hdr: [u8; 40] = pkt.load(offset)?;
+    if hdr[0] >> 4 != 6 {
+        return Err(());
+    }
+    let payload_len = usize::from(u16::from_be_bytes([hdr[4], hdr[5]]));
+    let available = pkt.len() as usize - offset;
+    let jumbo = payload_len == 0 && available > 0xffff;
+    if !jumbo && payload_len + 40 > available {
+        return Err(());
+    }
+    let mut flow = Flow {
+        family: FAMILY_V6,
+        addr: [0; 16],
+        proto: hdr[6],
+        port: 0,
+        port_known: false,
+    };
+    flow.addr.copy_from_slice(&hdr[24..40]);
+
+    let mut l4 = offset + 40;
+    let mut first_fragment = true;
+    let mut walked_all = false;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match flow.proto {
+            IPPROTO_HOPOPTS | IPPROTO_DSTOPTS => {
+                let ext: [u8; 2] = pkt.load(l4)?;
+                flow.proto = ext[0];
+                l4 += (usize::from(ext[1]) + 1) * 8;
+            }
+            IPPROTO_ROUTING => {
+                let ext: [u8; 4] = pkt.load(l4)?;
+                // Segments left: the header's destination is not the final one.
+                if ext[3] != 0 {
+                    return Err(());
+                }
+                flow.proto = ext[0];
+                l4 += (usize::from(ext[1]) + 1) * 8;
+            }
+            IPPROTO_FRAGMENT => {
+                let ext: [u8; 4] = pkt.load(l4)?;
+                flow.proto = ext[0];
+                if u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 {
+                    first_fragment = false;
+                }
+                l4 += 8;
+            }
+            IPPROTO_AH => {
+                let ext: [u8; 2] = pkt.load(l4)?;
+                flow.proto = ext[0];
+                l4 += (usize::from(ext[1]) + 2) * 4;
+            }
+            _ => {
+                walked_all = true;
+                break;
+            }
+        }
+    }
+    if !walked_all {
+        return Err(());
+    }
+    if first_fragment {
+        load_port(pkt, l4, &mut flow)?;
+    }
+    Ok(flow)
+}
+
+/// Reads the destination port of port-carrying protocols; a truncated L4 header is an error.
+#[inline(always)]
+fn load_port<P: Packet>(pkt: &P, l4: usize, flow: &mut Flow) -> Result<(), ()> {
+    match flow.proto {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE => {
+            let ports: [u8; 4] = pkt.load(l4)?;
+            flow.port = u16::from_be_bytes([ports[2], ports[3]]);
+            flow.port_known = true;
+        }
+        _ => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! The one decision: may this flow leave, for this cgroup's policy?
+
+use aya_ebpf::maps::lpm_trie::Key;
+use netguard_common::{
+    BlockReason, CgroupPolicy, EndpointKey, FAMILY_V4, SCOPE_BITS, SCOPE_GLOBAL, ScopedV4,
+    ScopedV6, TUNNEL_UP,
+};
+
+use crate::{ENDPOINTS, GATEWAYS, INTERNAL_V4, INTERNAL_V6, parse::Flow};
+
+/// What is known of the route the flow takes.
+#[derive(Clone, Copy)]
+pub enum Route {
+    /// cgroup_skb egress: the device the packet is leaving through, in the socket's netns.
+    Device { ifindex: u32, netns_cookie: u64 },
+    /// connect()/sendto(): not routed yet. The tunnel allowance applies while the tunnel is
+    /// up; the packet is checked again at egress, which is the enforcement of record.
+    NotYetRouted,
+    /// The backstop on the host-side veth: the frame has already left the namespace without
+    /// going through the tunnel, so the tunnel allowance never applies.
+    OutsideTunnel,
+}
+
+/// `Ok` to let the flow out, `Err(reason)` to block it. `scope` is the cgroup id owning
+/// `policy` (its per-container allowances are stored under that scope).
+#[inline(always)]
+pub fn decide(
+    scope: u64,
+    policy: &CgroupPolicy,
+    flow: &Flow,
+    route: Route,
+) -> Result<(), BlockReason> {
+    if !policy.is_protected() {
+        return Ok(());
+    }
+    if is_internal(SCOPE_GLOBAL, flow) || is_internal(scope, flow) {
+        return Ok(());
+    }
+    if policy.gateway == 0 {
+        return Err(BlockReason::NotAllowed);
+    }
+    if is_endpoint(policy.gateway, flow) {
+        return Ok(());
+    }
+    // A missing slot is treated as a tunnel that is down: fail closed.
+    let Some(gateway) = GATEWAYS.get(policy.gateway) else {
+        return Err(BlockReason::TunnelDown);
+    };
+    if gateway.tunnel_up != TUNNEL_UP {
+        return Err(BlockReason::TunnelDown);
+    }
+    match route {
+        Route::NotYetRouted => Ok(()),
+        Route::Device {
+            ifindex,
+            netns_cookie,
+        } if gateway.tunnel_ifindex != 0
+            && ifindex == gateway.tunnel_ifindex
+            && netns_cookie == gateway.tunnel_netns_cookie =>
+        {
+            Ok(())
+        }
+        Route::Device { .. } | Route::OutsideTunnel => Err(BlockReason::NotAllowed),
+    }
+}
+
+#[inline(always)]
+fn is_internal(scope: u64, flow: &Flow) -> bool {
+    let scope = scope.to_be_bytes();
+    if flow.family == FAMILY_V4 {
+        let mut addr = [0u8; 4];
+        addr.copy_from_slice(&flow.addr[..4]);
+        let key = Key::new(SCOPE_BITS + 32, ScopedV4 { scope, addr });
+        INTERNAL_V4.get(&key).is_some()
+    } else {
+        let key = Key::new(
+            SCOPE_BITS + 128,
+            ScopedV6 {
+                scope,
+                addr: flow.addr,
+            },
+        );
+        INTERNAL_V6.get(&key).is_some()
+    }
+}
+
+#[inline(always)]
+fn is_endpoint(gateway: u32, flow: &Flow) -> bool {
+    let mut key = EndpointKey {
+        gateway,
+        port: 0,
+        proto: flow.proto,
+        family: flow.family,
+        addr: flow.addr,
+    };
+    // SAFETY: plain lookups; the values are never dereferenced.
+    if unsafe { ENDPOINTS.get(&key) }.is_some() {
+        return true;
+    }
+    if !flow.port_known {
+        return false;
+    }
+    key.port = flow.port;
+    unsafe { ENDPOINTS.get(&key) }.is_some()
+}

@@ -1,0 +1,297 @@
+//! Static configuration: a TOML file and command-line flags. Parsing has no side effects;
+//! every value is validated before anything is attached.
+//!
+//! Precedence: flags add to (lists) or override (scalars) the file; built-in defaults fill
+//! the rest. With neither, the agent attaches at the cgroup2 root and protects nothing until
+//! told to.
+
+use std::{
+    collections::HashSet,
+    fmt, fs,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::{DEFAULT_PIN_DIR, policy::Endpoint};
+
+/// A configuration error: one line naming the value and the fix. The agent exits 64.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The configuration file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub pin_dir: Option<PathBuf>,
+    pub attach_cgroups: Option<Vec<PathBuf>>,
+    #[serde(default)]
+    pub internal_cidrs: Vec<String>,
+    #[serde(default)]
+    pub gateways: Vec<FileGateway>,
+    #[serde(default)]
+    pub protect: Vec<FileProtect>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileGateway {
+    pub name: String,
+    pub tunnel_interface: Option<String>,
+    /// Network namespace of `tunnel_interface` (e.g. `/run/netns/vpn`); default: the agent's.
+    pub netns: Option<PathBuf>,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Initial tunnel state. Default false: down until known up.
+    #[serde(default)]
+    pub tunnel_up: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProtect {
+    /// Absolute, or relative to the cgroup2 mount.
+    pub cgroup: PathBuf,
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Host-side veths of the cgroup's network namespace (raw-socket backstop).
+    #[serde(default)]
+    pub backstop_interfaces: Vec<String>,
+}
+
+/// Command-line additions to the file.
+#[derive(Debug, Default, Clone)]
+pub struct FlagConfig {
+    pub config_file: Option<PathBuf>,
+    pub pin_dir: Option<PathBuf>,
+    pub attach_cgroups: Vec<PathBuf>,
+    pub internal_cidrs: Vec<String>,
+    pub protect: Vec<PathBuf>,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub pin_dir: PathBuf,
+    /// Empty: the cgroup2 root.
+    pub attach_cgroups: Vec<PathBuf>,
+    pub internal_cidrs: Vec<IpNet>,
+    pub gateways: Vec<Gateway>,
+    pub protect: Vec<Protect>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    pub name: String,
+    pub tunnel_interface: Option<String>,
+    pub netns: Option<PathBuf>,
+    pub endpoints: Vec<Endpoint>,
+    pub tunnel_up: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Protect {
+    pub cgroup: PathBuf,
+    pub gateway: Option<String>,
+    pub allow: Vec<IpNet>,
+    pub backstop_interfaces: Vec<String>,
+}
+
+impl Config {
+    /// Reads the file named by the flags (if any) and merges the flags into it.
+    pub fn load(flags: &FlagConfig) -> Result<Self, ConfigError> {
+        let file = match &flags.config_file {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::from_parts(file, flags)
+    }
+
+    pub fn from_parts(file: FileConfig, flags: &FlagConfig) -> Result<Self, ConfigError> {
+        let mut internal_cidrs = parse_cidrs("internal_cidrs", &file.internal_cidrs)?;
+        internal_cidrs.extend(parse_cidrs("--internal-cidr", &flags.internal_cidrs)?);
+
+        let mut names = HashSet::new();
+        let mut gateways = Vec::new();
+        for gateway in file.gateways {
+            if !names.insert(gateway.name.clone()) {
+                return Err(ConfigError(format!(
+                    "gateway {:?} is defined twice: give each [[gateways]] entry its own name",
+                    gateway.name
+                )));
+            }
+            let endpoints = gateway
+                .endpoints
+                .iter()
+                .map(|e| {
+                    e.parse::<Endpoint>()
+                        .map_err(|err| ConfigError(err.to_string()))
+                })
+                .collect::<Result<_, _>>()?;
+            gateways.push(Gateway {
+                name: gateway.name,
+                tunnel_interface: gateway.tunnel_interface,
+                netns: gateway.netns,
+                endpoints,
+                tunnel_up: gateway.tunnel_up,
+            });
+        }
+
+        let mut protect = Vec::new();
+        for entry in file.protect {
+            if let Some(gateway) = &entry.gateway
+                && !names.contains(gateway)
+            {
+                return Err(ConfigError(format!(
+                    "cgroup {} names gateway {gateway:?}, which no [[gateways]] entry defines: \
+                     define it or fix the name (known: {})",
+                    entry.cgroup.display(),
+                    known(&names)
+                )));
+            }
+            protect.push(Protect {
+                allow: parse_cidrs(
+                    &format!("allow of {}", entry.cgroup.display()),
+                    &entry.allow,
+                )?,
+                cgroup: entry.cgroup,
+                gateway: entry.gateway,
+                backstop_interfaces: entry.backstop_interfaces,
+            });
+        }
+        protect.extend(flags.protect.iter().map(|cgroup| Protect {
+            cgroup: cgroup.clone(),
+            gateway: None,
+            allow: Vec::new(),
+            backstop_interfaces: Vec::new(),
+        }));
+
+        let mut attach_cgroups = file.attach_cgroups.unwrap_or_default();
+        attach_cgroups.extend(flags.attach_cgroups.iter().cloned());
+        Ok(Self {
+            pin_dir: flags
+                .pin_dir
+                .clone()
+                .or(file.pin_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR)),
+            attach_cgroups,
+            internal_cidrs,
+            gateways,
+            protect,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = fs::read_to_string(path).map_err(|error| {
+        ConfigError(format!(
+            "cannot read config file {}: {error}: fix the path or drop --config",
+            path.display()
+        ))
+    })?;
+    toml::from_str(&text).map_err(|error| {
+        let message = error.message().replace('\n', " ");
+        ConfigError(format!("config file {}: {message}", path.display()))
+    })
+}
+
+fn parse_cidrs(field: &str, values: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    values
+        .iter()
+        .map(|value| {
+            value
+                .parse::<IpNet>()
+                .or_else(|_| value.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    ConfigError(format!(
+                        "invalid CIDR {value:?} in {field}: write an address with an optional \
+                         prefix length, e.g. 192.168.1.0/24 or fd00::/8"
+                    ))
+                })
+        })
+        .collect()
+}
+
+fn known(names: &HashSet<String>) -> String {
+    let mut names: Vec<_> = names.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_parts(toml::from_str(text).unwrap(), &FlagConfig::default())
+    }
+
+    #[test]
+    fn empty_config_uses_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+        assert!(config.attach_cgroups.is_empty());
+        assert!(config.protect.is_empty());
+    }
+
+    #[test]
+    fn cidr_typo_names_the_value_and_the_fix() {
+        let error = parse(r#"internal_cidrs = ["192.168.1.0/33"]"#)
+            .unwrap_err()
+            .0;
+        assert!(error.contains("\"192.168.1.0/33\""), "{error}");
+        assert!(error.contains("internal_cidrs"), "{error}");
+        assert!(error.contains("e.g."), "{error}");
+    }
+
+    #[test]
+    fn unknown_gateway_is_an_error() {
+        let error = parse(
+            r#"
+            [[gateways]]
+            name = "vpn"
+            [[protect]]
+            cgroup = "a"
+            gateway = "vnp"
+            "#,
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            error.contains("\"vnp\"") && error.contains("known: vpn"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn flags_extend_the_file() {
+        let file: FileConfig = toml::from_str(r#"internal_cidrs = ["10.0.0.0/8"]"#).unwrap();
+        let flags = FlagConfig {
+            pin_dir: Some("/sys/fs/bpf/x".into()),
+            internal_cidrs: vec!["fd00::1".into()],
+            ..FlagConfig::default()
+        };
+        let config = Config::from_parts(file, &flags).unwrap();
+        assert_eq!(config.pin_dir, PathBuf::from("/sys/fs/bpf/x"));
+        assert_eq!(
+            config.internal_cidrs,
+            vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "fd00::1/128".parse().unwrap()
+            ]
+        );
+    }
+}

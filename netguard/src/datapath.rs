@@ -1,0 +1,369 @@
+//! Loading the kernel programs, pinning them, and adopting what a previous agent pinned.
+//!
+//! Layout under the pin directory (default `/sys/fs/bpf/netguard`):
+//! - `NG_*`: the maps (see `netguard_common::maps`), reused by every agent start;
+//! - `links/cg<cgroup id>_<program>`: cgroup links, one per program per attach cgroup;
+//! - `links/tc<ifindex>`: backstop links on host-side veths.
+//!
+//! Links are pinned, so enforcement outlives the agent (exit, SIGTERM, kill -9). A new agent
+//! adopts a pinned link whose program is identical to its own and leaves it attached; a
+//! different program is attached next to the old one and then atomically renamed over its
+//! pin, which detaches the old link: there is never a moment without a program.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, RingBuf},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        loaded_programs,
+    },
+};
+use netguard_common::maps as map_names;
+use tracing::info;
+
+use crate::{EBPF_OBJECT, cgroup::Cgroup, maps::Maps, netns};
+
+/// The cgroup programs, each attached to every attach cgroup.
+const CGROUP_PROGRAMS: [&str; 6] = [
+    "ng_egress",
+    "ng_ingress",
+    "ng_connect4",
+    "ng_connect6",
+    "ng_sendmsg4",
+    "ng_sendmsg6",
+];
+const BACKSTOP_PROGRAM: &str = "ng_backstop";
+const BPFFS_MAGIC: i64 = 0xcafe_4a11;
+
+/// How a program's pinned link came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkOutcome {
+    /// A previous agent's identical program was left in place.
+    Adopted,
+    /// Newly attached (nothing was pinned).
+    Attached,
+    /// A different program was pinned; the new one replaced it without a gap.
+    Replaced,
+}
+
+/// The loaded programs and the maps, pinned under one directory.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    pub maps: Maps,
+    events: Option<RingBuf<MapData>>,
+}
+
+impl Datapath {
+    /// Loads the programs with the maps pinned under `pin_dir` (reusing them if present).
+    /// Attaches nothing yet.
+    pub fn load(pin_dir: &Path) -> Result<Self> {
+        ensure_bpffs(pin_dir)?;
+        fs::create_dir_all(pin_dir.join("links"))
+            .with_context(|| format!("creating {}", pin_dir.display()))?;
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, PathBuf)> = map_names::ALL
+            .iter()
+            .map(|name| (*name, pin_dir.join(name)))
+            .collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .context("loading netguard's eBPF object (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
+        let (mut maps, events) = Maps::take_from(&mut ebpf)?;
+        maps.stamp_abi_if_fresh()?;
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.to_path_buf(),
+            maps,
+            events: Some(events),
+        })
+    }
+
+    /// Loads the programs with private, unpinned maps (verdict tests; nothing is attached).
+    pub fn load_unpinned() -> Result<Self> {
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).context("loading netguard's eBPF object")?;
+        let (mut maps, events) = Maps::take_from(&mut ebpf)?;
+        maps.stamp_abi_if_fresh()?;
+        Ok(Self {
+            ebpf,
+            pin_dir: PathBuf::new(),
+            maps,
+            events: Some(events),
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Hands the blocked-flow ring buffer to its reader (once).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// The loaded cgroup_skb egress program, for `BPF_PROG_TEST_RUN`.
+    pub fn egress_program(&mut self) -> Result<&mut CgroupSkb> {
+        let program: &mut CgroupSkb = program(&mut self.ebpf, "ng_egress")?.try_into()?;
+        load_once(program.fd().is_ok(), || program.load())?;
+        Ok(program)
+    }
+
+    /// The loaded backstop program, for `BPF_PROG_TEST_RUN`.
+    pub fn backstop_program(&mut self) -> Result<&mut SchedClassifier> {
+        let program: &mut SchedClassifier =
+            program(&mut self.ebpf, BACKSTOP_PROGRAM)?.try_into()?;
+        load_once(program.fd().is_ok(), || program.load())?;
+        Ok(program)
+    }
+
+    /// Attaches (or adopts) every cgroup program on `cgroup`, which covers it and every
+    /// cgroup created below it later.
+    pub fn attach_cgroup(&mut self, cgroup: &Cgroup) -> Result<Vec<(&'static str, LinkOutcome)>> {
+        let mut outcomes = Vec::new();
+        for name in CGROUP_PROGRAMS {
+            let pin = self
+                .pin_dir
+                .join("links")
+                .join(format!("cg{}_{name}", cgroup.id));
+            let outcome = self.pin_link(&pin, name, |program| {
+                let file = fs::File::open(&cgroup.path)
+                    .with_context(|| format!("opening cgroup {}", cgroup.path.display()))?;
+                let link = match program {
+                    Program::CgroupSkb(p) => {
+                        let kind = if name == "ng_ingress" {
+                            CgroupSkbAttachType::Ingress
+                        } else {
+                            CgroupSkbAttachType::Egress
+                        };
+                        // Through bpf_link_create (kernel >= 5.7) cgroup links always coexist
+                        // with other programs; the kernel wants flags 0 there.
+                        let id = p.attach(&file, kind, CgroupAttachMode::Single)?;
+                        FdLink::try_from(p.take_link(id)?)?
+                    }
+                    Program::CgroupSockAddr(p) => {
+                        let id = p.attach(&file, CgroupAttachMode::Single)?;
+                        FdLink::try_from(p.take_link(id)?)?
+                    }
+                    _ => bail!("program {name} has an unexpected type"),
+                };
+                Ok(link)
+            })?;
+            outcomes.push((name, outcome));
+        }
+        Ok(outcomes)
+    }
+
+    /// Applies `cgroup`'s policy to every frame entering the host side of `interface` (a veth
+    /// whose peer is in a protected network namespace), in this process's network namespace.
+    pub fn attach_backstop(&mut self, interface: &str, cgroup: &Cgroup) -> Result<LinkOutcome> {
+        let ifindex = netns::ifindex(interface).with_context(|| {
+            format!("backstop interface {interface:?}: create it or fix the name")
+        })?;
+        // The entry goes first: the program drops everything on an interface without one.
+        self.maps.set_backstop(ifindex, cgroup.id)?;
+        let pin = self.pin_dir.join("links").join(format!("tc{ifindex}"));
+        self.pin_link(&pin, BACKSTOP_PROGRAM, |program| {
+            let Program::SchedClassifier(p) = program else {
+                bail!("program {BACKSTOP_PROGRAM} has an unexpected type");
+            };
+            let id = p
+                .attach(interface, TcAttachType::Ingress)
+                .with_context(|| format!("attaching the backstop to {interface}"))?;
+            Ok(FdLink::try_from(p.take_link(id)?)?)
+        })
+    }
+
+    /// Removes the backstop from `ifindex`.
+    pub fn detach_backstop(&mut self, ifindex: u32) -> Result<()> {
+        let pin = self.pin_dir.join("links").join(format!("tc{ifindex}"));
+        remove_pin(&pin)?;
+        self.maps.remove_backstop(ifindex)
+    }
+
+    /// Pins a link of program `name` at `pin`, adopting or replacing what is there.
+    fn pin_link(
+        &mut self,
+        pin: &Path,
+        name: &str,
+        attach: impl FnOnce(&mut Program) -> Result<FdLink>,
+    ) -> Result<LinkOutcome> {
+        let program = program(&mut self.ebpf, name)?;
+        load_program(program).with_context(|| format!("loading program {name}"))?;
+        let new_tag = program.info()?.tag();
+        let outcome = match pinned_program_tag(pin)? {
+            Some(tag) if tag == new_tag => return Ok(LinkOutcome::Adopted),
+            Some(_) => LinkOutcome::Replaced,
+            None => LinkOutcome::Attached,
+        };
+        // bpffs refuses names with a dot.
+        let mut staging = pin.as_os_str().to_owned();
+        staging.push("_staging");
+        let staging = PathBuf::from(staging);
+        remove_pin(&staging)?;
+        let link = attach(program)?;
+        link.pin(&staging)
+            .with_context(|| format!("pinning link at {}", staging.display()))?;
+        // Atomic: the old pin (if any) is replaced, dropping the old link only now.
+        fs::rename(&staging, pin)
+            .with_context(|| format!("renaming link pin to {}", pin.display()))?;
+        Ok(outcome)
+    }
+
+    /// Attach cgroups whose links are pinned but not in `keep`: left attached (removing
+    /// protection needs `netguard unload`), reported so the operator knows.
+    pub fn foreign_cgroup_links(&self, keep: &[Cgroup]) -> Result<Vec<PathBuf>> {
+        let mut foreign = Vec::new();
+        for entry in fs::read_dir(self.pin_dir.join("links"))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = name
+                .strip_prefix("cg")
+                .and_then(|rest| rest.split('_').next())
+            else {
+                continue;
+            };
+            if !keep.iter().any(|c| c.id.to_string() == id) {
+                foreign.push(entry.path());
+            }
+        }
+        Ok(foreign)
+    }
+
+    /// Pinned backstop links and their interface index.
+    pub fn pinned_backstops(&self) -> Result<Vec<u32>> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(self.pin_dir.join("links"))? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(ifindex) = name.strip_prefix("tc").and_then(|i| i.parse().ok()) {
+                found.push(ifindex);
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Removes everything pinned under `pin_dir`: links first (detaching the programs), then
+/// the maps. Returns false if there was nothing to remove.
+pub fn unload(pin_dir: &Path) -> Result<bool> {
+    if !pin_dir.exists() {
+        return Ok(false);
+    }
+    let links = pin_dir.join("links");
+    if links.exists() {
+        for entry in fs::read_dir(&links)? {
+            remove_pin(&entry?.path())?;
+        }
+        fs::remove_dir(&links).with_context(|| format!("removing {}", links.display()))?;
+    }
+    for entry in fs::read_dir(pin_dir)? {
+        let path = entry?.path();
+        remove_pin(&path)?;
+    }
+    fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
+    Ok(true)
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))
+}
+
+fn load_once(
+    loaded: bool,
+    load: impl FnOnce() -> Result<(), aya::programs::ProgramError>,
+) -> Result<()> {
+    if !loaded {
+        load()?;
+    }
+    Ok(())
+}
+
+fn load_program(program: &mut Program) -> Result<()> {
+    if program.fd().is_ok() {
+        return Ok(());
+    }
+    match program {
+        Program::CgroupSkb(p) => p.load()?,
+        Program::CgroupSockAddr(p) => p.load()?,
+        Program::SchedClassifier(p) => p.load()?,
+        _ => bail!("unexpected program type in netguard's eBPF object"),
+    }
+    Ok(())
+}
+
+/// The tag (instruction digest) of the program behind the link pinned at `pin`.
+fn pinned_program_tag(pin: &Path) -> Result<Option<u64>> {
+    if !pin.exists() {
+        return Ok(None);
+    }
+    let link = FdLink::from(
+        PinnedLink::from_pin(pin)
+            .with_context(|| format!("opening pinned link {}", pin.display()))?,
+    );
+    let program_id = link.info()?.program_id();
+    for info in loaded_programs() {
+        let info = info?;
+        if info.id() == program_id {
+            return Ok(Some(info.tag()));
+        }
+    }
+    Ok(None)
+}
+
+fn remove_pin(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("removing pin {}", path.display())),
+    }
+}
+
+/// Makes sure the directory that will hold `pin_dir` is on a bpffs, mounting one at
+/// `/sys/fs/bpf` when nothing is mounted there (as systemd does at boot).
+fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+    let parent = pin_dir.parent().unwrap_or(Path::new("/"));
+    if is_bpffs(parent)? {
+        return Ok(());
+    }
+    if parent != Path::new("/sys/fs/bpf") {
+        bail!(
+            "{} is not on a bpf filesystem: mount one (`mount -t bpf bpf {}`) or choose a \
+             --pin-dir under /sys/fs/bpf",
+            parent.display(),
+            parent.display()
+        );
+    }
+    info!("mounting bpffs at /sys/fs/bpf");
+    let status = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .status()
+        .context("running mount -t bpf")?;
+    if !status.success() || !is_bpffs(parent)? {
+        bail!("could not mount bpffs at /sys/fs/bpf: mount it (`mount -t bpf bpf /sys/fs/bpf`)");
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> Result<bool> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statfs into a zeroed struct with a valid path.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
+        let error = io::Error::last_os_error();
+        if error.kind() == io::ErrorKind::NotFound {
+            return Ok(false);
+        }
+        return Err(error).with_context(|| format!("statfs {}", path.display()));
+    }
+    Ok(stat.f_type as i64 == BPFFS_MAGIC)
+}
