@@ -70,6 +70,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("NETGUARD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Run(args) => run(args),

@@ -1,0 +1,156 @@
+//! The real agent binary (`netguard run`) as a lab fixture.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, Stdio},
+    sync::{Arc, Mutex},
+};
+
+use netguard::maps::Maps;
+
+use crate::{
+    lab::{Netns, command_in},
+    unique_tag, wait_for,
+};
+
+/// Path of the netguard binary: `NETGUARD_BIN`, else the workspace's debug build.
+pub fn netguard_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("NETGUARD_BIN") {
+        return PathBuf::from(path);
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netguard");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests through `cargo xtask test` (or `cargo build -p netguard`)",
+        path.display()
+    );
+    path
+}
+
+/// A pin directory of its own, unloaded on drop.
+pub struct PinDir {
+    pub path: PathBuf,
+}
+
+impl PinDir {
+    pub fn new() -> Self {
+        Self {
+            path: PathBuf::from(format!("/sys/fs/bpf/ngt{}", unique_tag())),
+        }
+    }
+}
+
+impl Default for PinDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(error) = netguard::datapath::unload(&self.path) {
+            eprintln!("unloading {}: {error:#}", self.path.display());
+        }
+    }
+}
+
+/// `netguard run --config <file>` started in a namespace (the one holding the backstop
+/// interfaces), with its log captured.
+pub struct Agent {
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+    pub config_path: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent and waits until it reports the policy is enforced.
+    pub fn start(netns: &Netns, config: &str, config_path: PathBuf) -> Self {
+        std::fs::write(&config_path, config).expect("writing the agent config");
+        let mut agent = Self {
+            child: None,
+            log: Arc::new(Mutex::new(Vec::new())),
+            config_path,
+        };
+        agent.spawn(netns);
+        agent
+    }
+
+    fn spawn(&mut self, netns: &Netns) {
+        let mut child = command_in(netguard_bin(), netns, None)
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("NETGUARD_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting netguard run");
+        let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let log = Arc::clone(&self.log);
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                eprintln!("[agent] {line}");
+                log.lock().unwrap().push(line);
+            }
+        });
+        self.child = Some(child);
+        let runs = self.count("netguard ready") + 1;
+        wait_for("the agent to be ready", || {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "netguard run exited with {status}: {:?}",
+                    self.log.lock().unwrap()
+                );
+            }
+            self.count("netguard ready") >= runs
+        });
+    }
+
+    /// Restarts the agent (after a kill) in `netns` with the same configuration.
+    pub fn restart(&mut self, netns: &Netns) {
+        assert!(self.child.is_none(), "restart after kill");
+        self.spawn(netns);
+    }
+
+    /// SIGKILL: the agent gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9 the agent");
+            child.wait().expect("reap the agent");
+        }
+    }
+
+    /// Log lines containing `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The pinned maps, as the test (standing in for later issues' controllers) drives them.
+pub fn pinned_maps(pin: &PinDir) -> Maps {
+    Maps::open_pinned(&pin.path).expect("opening the agent's pinned maps")
+}

@@ -1,0 +1,142 @@
+//! A real WireGuard tunnel (userspace wireguard-go) from the client namespace to the VPN
+//! provider namespace, which forwards to the internet host.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+};
+
+use crate::{
+    lab::{Lab, Netns, TUNNEL_CLIENT_V4, TUNNEL_PROVIDER_V4, VPN_V4, command_in},
+    sh, wait_for,
+};
+
+/// WireGuard's listen port at the provider: the VPN endpoint.
+pub const ENDPOINT_PORT: u16 = 51820;
+
+pub struct Tunnel {
+    /// Tunnel interface in the client namespace.
+    pub client_if: String,
+    pub provider_if: String,
+    daemons: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl Tunnel {
+    pub fn up(lab: &Lab) -> Self {
+        let client_if = format!("wg{}c", lab.tag);
+        let provider_if = format!("wg{}p", lab.tag);
+        let dir = std::env::temp_dir().join(format!("ngt{}-wg", lab.tag));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut tunnel = Self {
+            client_if,
+            provider_if,
+            daemons: Vec::new(),
+            dir,
+        };
+        let (client_key, client_pub) = tunnel.keypair("client");
+        let (provider_key, provider_pub) = tunnel.keypair("provider");
+        tunnel.start_daemon(&lab.client, &tunnel.client_if.clone());
+        tunnel.start_daemon(&lab.vpn, &tunnel.provider_if.clone());
+        sh(&[
+            "wg",
+            "set",
+            &tunnel.provider_if,
+            "private-key",
+            &provider_key,
+            "listen-port",
+            &ENDPOINT_PORT.to_string(),
+            "peer",
+            &client_pub,
+            "allowed-ips",
+            &format!("{TUNNEL_CLIENT_V4}/32"),
+        ]);
+        sh(&[
+            "wg",
+            "set",
+            &tunnel.client_if,
+            "private-key",
+            &client_key,
+            "peer",
+            &provider_pub,
+            "endpoint",
+            &format!("{VPN_V4}:{ENDPOINT_PORT}"),
+            "allowed-ips",
+            "0.0.0.0/0",
+            "persistent-keepalive",
+            "1",
+        ]);
+        lab.client.ip(&[
+            "addr",
+            "add",
+            &format!("{TUNNEL_CLIENT_V4}/24"),
+            "dev",
+            &tunnel.client_if,
+        ]);
+        lab.client.ip(&["link", "set", &tunnel.client_if, "up"]);
+        lab.vpn.ip(&[
+            "addr",
+            "add",
+            &format!("{TUNNEL_PROVIDER_V4}/24"),
+            "dev",
+            &tunnel.provider_if,
+        ]);
+        lab.vpn.ip(&["link", "set", &tunnel.provider_if, "up"]);
+        tunnel
+    }
+
+    fn keypair(&self, who: &str) -> (String, String) {
+        let private = sh(&["wg", "genkey"]).trim().to_string();
+        let path = self.dir.join(format!("{who}.key"));
+        std::fs::write(&path, &private).unwrap();
+        let mut pubkey = Command::new("wg")
+            .arg("pubkey")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("wg pubkey");
+        use std::io::Write as _;
+        pubkey
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(private.as_bytes())
+            .unwrap();
+        let public = String::from_utf8(pubkey.wait_with_output().unwrap().stdout).unwrap();
+        (
+            path.to_string_lossy().into_owned(),
+            public.trim().to_string(),
+        )
+    }
+
+    fn start_daemon(&mut self, netns: &Netns, interface: &str) {
+        let child = command_in("wireguard-go", netns, None)
+            .args(["-f", interface])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting wireguard-go (apt-get install wireguard-go)");
+        self.daemons.push(child);
+        let socket = PathBuf::from(format!("/var/run/wireguard/{interface}.sock"));
+        wait_for(&format!("wireguard-go {interface}"), || socket.exists());
+    }
+
+    /// Whether a handshake has completed (the tunnel carries traffic).
+    pub fn handshake_done(&self) -> bool {
+        let out = sh(&["wg", "show", &self.client_if, "latest-handshakes"]);
+        out.split_whitespace().nth(1).is_some_and(|t| t != "0")
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        for daemon in &mut self.daemons {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+        for interface in [&self.client_if, &self.provider_if] {
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{interface}.sock"));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,297 @@
+//! The killswitch guarantee, checked from the outside: what arrives at the far end and what
+//! the sender's syscalls returned, with the real agent enforcing in the kernel.
+
+mod common;
+
+use std::net::IpAddr;
+
+use common::{Gateway, Options, Setup};
+use netguard_common::BlockReason;
+use netguard_tests::{
+    lab::{
+        CLIENT_V4, CLIENT_V6, INTERNET_V4, INTERNET_V6, LAN_V4, LAN_V6, SIBLING_V4, VPN_V4, addr,
+    },
+    probe::{EPERM, probe},
+    sniffer::{Sniffer, TcpSink},
+    wait_for,
+};
+
+const SINK_PORT: u16 = 8080;
+
+#[test]
+fn protected_cgroup_reaches_internal_host_but_not_the_internet() {
+    let s = Setup::new(Options::default());
+    let (internet, lan) = (Sniffer::start(&s.lab.internet), Sniffer::start(&s.lab.lan));
+    let internet_sink = TcpSink::start(&s.lab.internet, SINK_PORT);
+    let lan_sink = TcpSink::start(&s.lab.lan, SINK_PORT);
+    let client = |args: &[&str]| probe(&s.lab.client, Some(&s.protected), args);
+
+    for (lan_ip, internet_ip, client_ip) in [
+        (addr(LAN_V4), addr(INTERNET_V4), addr(CLIENT_V4)),
+        (addr(LAN_V6), addr(INTERNET_V6), addr(CLIENT_V6)),
+    ] {
+        let tcp = client(&["tcp", &lan_ip, "8080", "100"]);
+        assert!(tcp.ok, "TCP to the internal host {lan_ip}: {tcp:?}");
+        let udp = client(&["udp", &lan_ip, "7000", "3", "50"]);
+        assert!(udp.ok, "UDP to the internal host {lan_ip}: {udp:?}");
+        wait_for("UDP at the internal host", || {
+            lan.count(|a| a.src.to_string() == client_ip && a.dst_port == 7000) == 3
+        });
+
+        let tcp = client(&["tcp", &internet_ip, "8080", "100"]);
+        assert_eq!(
+            tcp.errno, EPERM,
+            "connect() to the internet host {internet_ip}: {tcp:?}"
+        );
+        assert!(
+            tcp.elapsed_us < 1_000_000,
+            "connect() must fail at once: {tcp:?}"
+        );
+        let udp = client(&["udp", &internet_ip, "7000", "3", "50"]);
+        assert_eq!(
+            (udp.errno, udp.done),
+            (EPERM, 0),
+            "sendto() to {internet_ip}: {udp:?}"
+        );
+    }
+    s.barrier(&internet, INTERNET_V4);
+    s.barrier(&internet, INTERNET_V6);
+    assert_eq!(
+        internet.from(CLIENT_V4) + internet.from(CLIENT_V6),
+        0,
+        "packets reached the internet host"
+    );
+    assert_eq!(
+        internet_sink
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    wait_for("the internal host to read both TCP payloads", || {
+        lan_sink.bytes() == 200
+    });
+    assert_eq!(
+        s.refused(BlockReason::NotAllowed),
+        8,
+        "two connect() and 2 x 3 sendto() refused"
+    );
+}
+
+#[test]
+fn dns_to_an_external_resolver_is_blocked_and_to_an_internal_one_allowed() {
+    let s = Setup::new(Options::default());
+    let (internet, lan) = (Sniffer::start(&s.lab.internet), Sniffer::start(&s.lab.lan));
+    let _lan_dns_tcp = TcpSink::start(&s.lab.lan, 53);
+    let client = |args: &[&str]| probe(&s.lab.client, Some(&s.protected), args);
+
+    for transport in ["udp", "tcp"] {
+        let internal = client(&["dns", &addr(LAN_V4), transport]);
+        assert!(
+            internal.ok,
+            "DNS/{transport} to the internal resolver: {internal:?}"
+        );
+        let external = client(&["dns", &addr(INTERNET_V4), transport]);
+        assert_eq!(
+            external.errno, EPERM,
+            "DNS/{transport} to the external resolver: {external:?}"
+        );
+        let external6 = client(&["dns", &addr(INTERNET_V6), transport]);
+        assert_eq!(
+            external6.errno, EPERM,
+            "DNS/{transport} over IPv6: {external6:?}"
+        );
+    }
+    wait_for("both DNS queries at the internal resolver", || {
+        lan.count(|a| a.dst_port == 53 && a.proto == 17) == 1
+            && lan.count(|a| a.dst_port == 53 && a.proto == 6) >= 1
+    });
+    s.barrier(&internet, INTERNET_V4);
+    s.barrier(&internet, INTERNET_V6);
+    assert_eq!(
+        internet.count(|a| a.dst_port == 53),
+        0,
+        "a DNS query reached the external resolver"
+    );
+}
+
+#[test]
+fn icmp_echo_to_the_internet_is_blocked() {
+    let s = Setup::new(Options::default());
+    let (internet, lan) = (Sniffer::start(&s.lab.internet), Sniffer::start(&s.lab.lan));
+    let client = |args: &[&str]| probe(&s.lab.client, Some(&s.protected), args);
+
+    assert!(client(&["ping", &addr(LAN_V4)]).ok);
+    assert!(client(&["ping", &addr(LAN_V6)]).ok);
+    wait_for("echo requests at the internal host", || {
+        lan.count(|a| a.proto == 1) == 1
+            && lan.count(|a| a.proto == 58 && a.payload.first() == Some(&128)) == 1
+    });
+    let v4 = client(&["ping", &addr(INTERNET_V4)]);
+    let v6 = client(&["ping", &addr(INTERNET_V6)]);
+    assert_eq!((v4.errno, v6.errno), (EPERM, EPERM), "{v4:?} {v6:?}");
+    s.barrier(&internet, INTERNET_V4);
+    s.barrier(&internet, INTERNET_V6);
+    let echo_request = |a: &netguard_tests::sniffer::Arrival| {
+        (a.proto == 1 && a.payload.first() == Some(&8))
+            || (a.proto == 58 && a.payload.first() == Some(&128))
+    };
+    assert_eq!(internet.count(echo_request), 0, "an echo request got out");
+    assert_eq!(
+        s.blocked(BlockReason::NotAllowed),
+        2,
+        "both echo requests dropped at egress"
+    );
+}
+
+#[test]
+fn vpn_endpoint_is_reachable_but_not_on_another_port_or_protocol() {
+    let s = Setup::new(Options {
+        gateway: Some(Gateway {
+            endpoints: vec![format!("{VPN_V4}:51820/udp")],
+            ..Gateway::default()
+        }),
+        backstop: false,
+    });
+    let vpn = Sniffer::start(&s.lab.vpn);
+    let _tcp = TcpSink::start(&s.lab.vpn, 51820);
+    let client = |args: &[&str]| probe(&s.lab.client, Some(&s.protected), args);
+
+    let endpoint = client(&["udp", &addr(VPN_V4), "51820", "2", "32"]);
+    assert!(
+        endpoint.ok,
+        "UDP to the VPN endpoint while the tunnel is down: {endpoint:?}"
+    );
+    let other_port = client(&["udp", &addr(VPN_V4), "51821", "2", "32"]);
+    assert_eq!(other_port.errno, EPERM, "{other_port:?}");
+    let other_proto = client(&["tcp", &addr(VPN_V4), "51820", "10"]);
+    assert_eq!(other_proto.errno, EPERM, "{other_proto:?}");
+    wait_for("the endpoint datagrams", || {
+        vpn.count(|a| a.src == IpAddr::V4(CLIENT_V4) && a.dst_port == 51820) == 2
+    });
+    s.barrier(&vpn, VPN_V4);
+    assert_eq!(
+        vpn.count(|a| a.src == IpAddr::V4(CLIENT_V4) && a.dst_port != 51820),
+        0
+    );
+    assert_eq!(
+        vpn.count(|a| a.src == IpAddr::V4(CLIENT_V4) && a.proto == 6),
+        0
+    );
+    // Two datagrams to the wrong port, one connect() with the wrong protocol; the gateway's
+    // tunnel is down, so that is the reason recorded.
+    assert_eq!(s.refused(BlockReason::TunnelDown), 3);
+}
+
+#[test]
+fn raw_af_packet_frame_to_the_internet_never_arrives() {
+    let s = Setup::new(Options {
+        backstop: true,
+        ..Options::default()
+    });
+    let internet = Sniffer::start(&s.lab.internet);
+    let marker = b"netguard raw frame";
+
+    // Control: the same hand-built frame from the unprotected sibling gets through, so the
+    // frame itself is good and would be delivered.
+    let sibling_mac = s.lab.router.mac("to-sib");
+    let control = probe(
+        &s.lab.sibling,
+        Some(&s.sibling),
+        &[
+            "raw-frame",
+            "eth0",
+            &sibling_mac,
+            &addr(SIBLING_V4),
+            &addr(INTERNET_V4),
+            "7777",
+        ],
+    );
+    assert!(control.ok, "{control:?}");
+    wait_for("the sibling's raw frame", || {
+        internet.with_payload(marker) == 1
+    });
+
+    let router_mac = s.lab.router.mac("to-cli");
+    let sent = probe(
+        &s.lab.client,
+        Some(&s.protected),
+        &[
+            "raw-frame",
+            "eth0",
+            &router_mac,
+            &addr(CLIENT_V4),
+            &addr(INTERNET_V4),
+            "7777",
+        ],
+    );
+    assert!(
+        sent.ok,
+        "AF_PACKET sendto() itself succeeds; the backstop drops on the wire: {sent:?}"
+    );
+    wait_for("the backstop to count the frame", || {
+        s.blocked(BlockReason::NotAllowed) == 1
+    });
+    s.barrier(&internet, INTERNET_V4);
+    assert_eq!(
+        internet.from(CLIENT_V4),
+        0,
+        "the protected namespace's raw frame arrived"
+    );
+    assert_eq!(
+        internet.with_payload(marker),
+        1,
+        "only the sibling's frame arrived"
+    );
+
+    // Internal traffic still flows through the backstop.
+    let lan = probe(
+        &s.lab.client,
+        Some(&s.protected),
+        &["udp", &addr(LAN_V4), "7000", "1", "8"],
+    );
+    assert!(lan.ok, "{lan:?}");
+}
+
+#[test]
+fn unprotected_sibling_cgroup_and_host_processes_are_never_affected() {
+    let s = Setup::new(Options {
+        backstop: true,
+        ..Options::default()
+    });
+    let internet = Sniffer::start(&s.lab.internet);
+    let sink = TcpSink::start(&s.lab.internet, SINK_PORT);
+    // The sibling cgroup sits under the same attach cgroup as the protected one; the
+    // "host" process is outside it altogether.
+    for cgroup in [Some(s.sibling.as_path()), None] {
+        let tcp = probe(
+            &s.lab.sibling,
+            cgroup,
+            &["tcp", &addr(INTERNET_V4), "8080", "10"],
+        );
+        assert!(tcp.ok, "{tcp:?}");
+        let udp = probe(
+            &s.lab.sibling,
+            cgroup,
+            &["udp", &addr(INTERNET_V6), "7000", "1", "8"],
+        );
+        assert!(udp.ok, "{udp:?}");
+        let ping = probe(&s.lab.sibling, cgroup, &["ping", &addr(INTERNET_V4)]);
+        assert!(ping.ok, "{ping:?}");
+    }
+    wait_for("the sibling's traffic at the internet host", || {
+        sink.bytes() == 20
+            && internet.count(|a| a.dst_port == 7000) == 2
+            && internet.count(|a| a.proto == 1 && a.payload.first() == Some(&8)) == 2
+    });
+    // A descendant of the protected cgroup is protected too.
+    let mut cgroups_child = s.protected.join("worker");
+    std::fs::create_dir(&cgroups_child).unwrap();
+    let child = probe(
+        &s.lab.client,
+        Some(&cgroups_child),
+        &["udp", &addr(INTERNET_V4), "7000", "1", "8"],
+    );
+    assert_eq!(child.errno, EPERM, "{child:?}");
+    std::fs::remove_dir(&cgroups_child).unwrap();
+    cgroups_child.clear();
+}
