@@ -123,6 +123,19 @@ impl Agent {
         }
     }
 
+    /// SIGTERM, and wait for the agent to exit on its own.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait().expect("reap the agent");
+            assert!(
+                status.success(),
+                "netguard run exited with {status} on SIGTERM"
+            );
+        }
+    }
+
     /// Log lines containing `needle`.
     pub fn count(&self, needle: &str) -> usize {
         self.log
@@ -147,6 +160,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
+        let _ = std::fs::remove_file(&self.config_path);
     }
 }
 

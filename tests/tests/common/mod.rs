@@ -32,8 +32,13 @@ pub struct Options {
 
 /// Fields drop in order: agent, pins, cgroups, then the namespaces.
 pub struct Setup {
+    #[allow(
+        dead_code,
+        reason = "held so the agent runs (and is killed) with the setup"
+    )]
     pub agent: Agent,
     pub pin: PinDir,
+    #[allow(dead_code, reason = "held so the cgroups live as long as the setup")]
     pub cgroups: TestCgroup,
     /// Protected cgroup; its processes run in the client namespace.
     pub protected: PathBuf,
@@ -44,7 +49,11 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(options: Options) -> Self {
-        let lab = Lab::new();
+        Self::start(Lab::new(), options)
+    }
+
+    /// Starts the agent on an existing lab (e.g. one with a tunnel already up).
+    pub fn start(lab: Lab, options: Options) -> Self {
         let mut cgroups = TestCgroup::new_parent();
         let protected = cgroups.child("protected");
         let sibling = cgroups.child("sibling");
@@ -61,6 +70,11 @@ impl Setup {
             sibling,
             lab,
         }
+    }
+
+    /// Waits until the protected cgroup's counters satisfy `condition`.
+    pub fn wait_counters(&self, what: &str, condition: impl Fn(&Counters) -> bool) {
+        wait_for(what, || condition(&self.counters()));
     }
 
     pub fn protected_id(&self) -> u64 {

@@ -1,0 +1,143 @@
+//! Fail closed across the agent's life: exit, SIGKILL, restart, unload.
+
+mod common;
+
+use common::{Options, Setup};
+use netguard_common::BlockReason;
+use netguard_tests::{
+    lab::{CLIENT_V4, INTERNET_V4, LAN_V4, addr},
+    probe::{EPERM, probe},
+    sniffer::Sniffer,
+};
+
+fn blocked_to_internet(s: &Setup) {
+    let result = probe(
+        &s.lab.client,
+        Some(&s.protected),
+        &["udp", &addr(INTERNET_V4), "7000", "1", "8"],
+    );
+    assert_eq!(result.errno, EPERM, "{result:?}");
+}
+
+fn raw_frame_to_internet(s: &Setup) {
+    let mac = s.lab.router.mac("to-cli");
+    let sent = probe(
+        &s.lab.client,
+        Some(&s.protected),
+        &[
+            "raw-frame",
+            "eth0",
+            &mac,
+            &addr(CLIENT_V4),
+            &addr(INTERNET_V4),
+            "7777",
+        ],
+    );
+    assert!(sent.ok, "{sent:?}");
+}
+
+#[test]
+fn enforcement_outlives_the_agent_and_a_restart_adopts_it_without_gap_or_double_count() {
+    let mut s = Setup::new(Options {
+        backstop: true,
+        ..Options::default()
+    });
+    let internet = Sniffer::start(&s.lab.internet);
+    blocked_to_internet(&s);
+
+    s.agent.terminate();
+    blocked_to_internet(&s);
+    s.agent.restart(&s.lab.router);
+
+    s.agent.kill9();
+    blocked_to_internet(&s);
+    raw_frame_to_internet(&s);
+    s.wait_counters("the backstop drop while the agent is dead", |c| {
+        c.blocked_packets[BlockReason::NotAllowed as usize] == 1
+    });
+    let before_restart = s.counters();
+
+    // Keep sending while the agent restarts: every datagram must be refused.
+    let sender = std::thread::scope(|scope| {
+        let (client, protected) = (&s.lab.client, &s.protected);
+        let handle = scope.spawn(move || {
+            probe(
+                client,
+                Some(protected),
+                &["udp", &addr(INTERNET_V4), "7001", "3000", "8"],
+            )
+        });
+        s.agent.restart(&s.lab.router);
+        handle.join().unwrap()
+    });
+    assert_eq!(
+        (sender.errno, sender.done),
+        (EPERM, 0),
+        "a datagram got through during restart: {sender:?}"
+    );
+
+    let restarted = s.agent.log_lines("outcome=");
+    assert_eq!(
+        restarted.len(),
+        3 * 7,
+        "six cgroup programs and one backstop per start: {restarted:#?}"
+    );
+    let last_run = &restarted[2 * 7..];
+    assert!(
+        last_run.iter().all(|line| line.contains("outcome=Adopted")),
+        "the restarted agent must adopt the pinned programs, not attach new ones: {last_run:#?}"
+    );
+
+    // Counters continue (no reset) and count once (no second program attached).
+    let after_restart = s.counters();
+    let refused = BlockReason::NotAllowed as usize;
+    assert!(after_restart.refused_calls[refused] >= before_restart.refused_calls[refused] + 3000);
+    assert_eq!(
+        after_restart.blocked_packets,
+        before_restart.blocked_packets
+    );
+    let allowed = probe(
+        &s.lab.client,
+        Some(&s.protected),
+        &["udp", &addr(LAN_V4), "7000", "10", "100"],
+    );
+    assert!(allowed.ok, "{allowed:?}");
+    let counted = s.counters();
+    assert_eq!(counted.tx_packets - after_restart.tx_packets, 10);
+    assert_eq!(counted.tx_bytes - after_restart.tx_bytes, 10 * 128);
+
+    s.barrier(&internet, INTERNET_V4);
+    assert_eq!(
+        internet.from(CLIENT_V4),
+        0,
+        "a packet reached the internet host"
+    );
+}
+
+#[test]
+fn unload_removes_every_program_and_map() {
+    let mut s = Setup::new(Options {
+        backstop: true,
+        ..Options::default()
+    });
+    blocked_to_internet(&s);
+    s.agent.terminate();
+    let output = std::process::Command::new(netguard_tests::agent::netguard_bin())
+        .args(["unload", "--pin-dir"])
+        .arg(&s.pin.path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(!s.pin.path.exists(), "the pin directory is gone");
+    // Protection is off: the same datagram now leaves.
+    let internet = Sniffer::start(&s.lab.internet);
+    let result = probe(
+        &s.lab.client,
+        Some(&s.protected),
+        &["udp", &addr(INTERNET_V4), "7000", "1", "8"],
+    );
+    assert!(result.ok, "{result:?}");
+    netguard_tests::wait_for("the datagram at the internet host", || {
+        internet.from(CLIENT_V4) == 1
+    });
+}
