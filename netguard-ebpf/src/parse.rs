@@ -121,8 +121,9 @@ fn parse_v4<P: Packet>(pkt: &P, offset: usize) -> Result<Flow, ()> {
 fn check_v4_options<P: Packet>(pkt: &P, start: usize, len: usize) -> Result<(), ()> {
     let mut i = 0usize;
     for _ in 0..40 {
+        // Options must end exactly at the header's end; one running past it is malformed.
         if i >= len || i >= 40 {
-            return Ok(());
+            return if i == len { Ok(()) } else { Err(()) };
         }
         let kind: u8 = pkt.load(start + i)?;
         match kind {
@@ -138,7 +139,7 @@ fn check_v4_options<P: Packet>(pkt: &P, start: usize, len: usize) -> Result<(), 
             }
         }
     }
-    if i >= len { Ok(()) } else { Err(()) }
+    if i == len { Ok(()) } else { Err(()) }
 }
 
 #[inline(always)]
@@ -209,16 +210,23 @@ fn parse_v6<P: Packet>(pkt: &P, offset: usize) -> Result<Flow, ()> {
     Ok(flow)
 }
 
-/// Reads the destination port of port-carrying protocols; a truncated L4 header is an error.
+/// Reads the destination port of port-carrying protocols. The whole minimum L4 header must
+/// be there (8 bytes UDP, 12 SCTP, 20 TCP): a shorter one is malformed, which also refuses
+/// tiny first fragments that push the header into a later fragment (RFC 1858).
 #[inline(always)]
 fn load_port<P: Packet>(pkt: &P, l4: usize, flow: &mut Flow) -> Result<(), ()> {
-    match flow.proto {
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE => {
-            let ports: [u8; 4] = pkt.load(l4)?;
-            flow.port = u16::from_be_bytes([ports[2], ports[3]]);
-            flow.port_known = true;
-        }
-        _ => {}
-    }
+    let ports = match flow.proto {
+        IPPROTO_TCP => first_four(pkt.load::<[u8; 20]>(l4)?),
+        IPPROTO_UDP | IPPROTO_UDPLITE => first_four(pkt.load::<[u8; 8]>(l4)?),
+        IPPROTO_SCTP => first_four(pkt.load::<[u8; 12]>(l4)?),
+        _ => return Ok(()),
+    };
+    flow.port = u16::from_be_bytes([ports[2], ports[3]]);
+    flow.port_known = true;
     Ok(())
+}
+
+#[inline(always)]
+fn first_four<const N: usize>(header: [u8; N]) -> [u8; 4] {
+    [header[0], header[1], header[2], header[3]]
 }

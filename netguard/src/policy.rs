@@ -342,6 +342,17 @@ impl Maps {
         Ok(self.backstop.iter().collect::<Result<_, _>>()?)
     }
 
+    /// Registers `ifindex` for `cgroup` without attaching anything (verdict tests run the
+    /// backstop program on crafted frames through BPF_PROG_TEST_RUN).
+    pub fn set_backstop_for_test(&mut self, ifindex: u32, cgroup: CgroupId) -> Result<()> {
+        self.set_backstop(ifindex, cgroup)
+    }
+
+    /// See [`Maps::set_backstop_for_test`].
+    pub fn remove_backstop_for_test(&mut self, ifindex: u32) -> Result<()> {
+        self.remove_backstop(ifindex)
+    }
+
     pub(crate) fn set_backstop(&mut self, ifindex: u32, cgroup: CgroupId) -> Result<()> {
         Ok(self.backstop.insert(ifindex, cgroup, 0)?)
     }

@@ -295,3 +295,26 @@ fn unprotected_sibling_cgroup_and_host_processes_are_never_affected() {
     std::fs::remove_dir(&cgroups_child).unwrap();
     cgroups_child.clear();
 }
+
+#[test]
+fn receive_counters_are_exact() {
+    let s = Setup::new(Options::default());
+    let mut receiver = netguard_tests::probe::LiveProbe::start(
+        &s.lab.client,
+        Some(&s.protected),
+        &["udp-recv", "6000", "10"],
+    );
+    assert_eq!(receiver.line(), "ready");
+    // From the LAN host (no cgroup of ours): 10 datagrams of 100 bytes, 128-byte IP packets.
+    let sent = probe(
+        &s.lab.lan,
+        None,
+        &["udp", &addr(CLIENT_V4), "6000", "10", "100"],
+    );
+    assert!(sent.ok, "{sent:?}");
+    let received = receiver.finish();
+    assert_eq!((received.ok, received.done), (true, 10), "{received:?}");
+    let counters = s.counters();
+    assert_eq!(counters.rx_packets, 10);
+    assert_eq!(counters.rx_bytes, 10 * 128);
+}
