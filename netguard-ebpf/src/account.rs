@@ -10,15 +10,13 @@ const NANOS_PER_SECOND: u64 = 1_000_000_000;
 /// This CPU's counters for `cgroup`, created on first use.
 #[inline(always)]
 pub fn counters(cgroup: u64) -> Option<&'static mut Counters> {
-    if let Some(ptr) = COUNTERS.get_ptr_mut(&cgroup) {
+    if let Some(ptr) = COUNTERS.get_ptr_mut(cgroup) {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         return Some(unsafe { &mut *ptr });
     }
     // BPF_NOEXIST: another CPU may have created it meanwhile; either way look it up again.
-    let _ = COUNTERS.insert(&cgroup, &Counters::default(), 1);
-    COUNTERS
-        .get_ptr_mut(&cgroup)
-        .map(|ptr| unsafe { &mut *ptr })
+    let _ = COUNTERS.insert(cgroup, Counters::default(), 1);
+    COUNTERS.get_ptr_mut(cgroup).map(|ptr| unsafe { &mut *ptr })
 }
 
 #[inline(always)]
@@ -63,7 +61,7 @@ pub fn report(
             event.proto = flow.proto;
             event.family = flow.family;
         }
-        EVENTS.output::<BlockedFlow>(&event, 0).is_ok()
+        EVENTS.output::<BlockedFlow>(event, 0).is_ok()
     };
     if !emitted && let Some(counters) = counters {
         counters.events_suppressed += 1;
@@ -74,7 +72,7 @@ pub fn report(
 fn within_budget(cgroup: u64) -> bool {
     // SAFETY: reads the monotonic clock.
     let now = unsafe { bpf_ktime_get_ns() };
-    match EVENT_BUDGET.get_ptr_mut(&cgroup) {
+    match EVENT_BUDGET.get_ptr_mut(cgroup) {
         Some(ptr) => {
             // SAFETY: races between CPUs only make the budget approximate.
             let budget = unsafe { &mut *ptr };
@@ -94,7 +92,7 @@ fn within_budget(cgroup: u64) -> bool {
                 window_start_ns: now,
                 emitted: 1,
             };
-            EVENT_BUDGET.insert(&cgroup, &fresh, 0).is_ok()
+            EVENT_BUDGET.insert(cgroup, fresh, 0).is_ok()
         }
     }
 }

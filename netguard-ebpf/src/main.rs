@@ -72,7 +72,7 @@ fn find_policy(ancestor: impl Fn(i32) -> u64) -> Option<(u64, CgroupPolicy)> {
             return None;
         }
         // SAFETY: the value is copied out at once.
-        if let Some(policy) = unsafe { POLICY.get(&id) } {
+        if let Some(policy) = unsafe { POLICY.get(id) } {
             return Some((id, *policy));
         }
     }
@@ -228,7 +228,7 @@ fn check_sock_addr(ctx: &SockAddrContext, family: u8, hook: Hook) -> i32 {
 #[classifier]
 pub fn ng_backstop(ctx: TcContext) -> i32 {
     const TC_NEXT: i32 = TC_ACT_UNSPEC;
-    const TC_DROP: i32 = TC_ACT_SHOT as i32;
+    const TC_DROP: i32 = TC_ACT_SHOT;
     let skb = ctx.skb.skb;
     // SAFETY: reading a field of the program's own context.
     let ifindex = unsafe { (*skb).ifindex };
@@ -236,7 +236,7 @@ pub fn ng_backstop(ctx: TcContext) -> i32 {
     // Attached only where the agent registered the interface; no entry means the entry
     // was removed or never written: fail closed.
     // SAFETY: the value is copied out at once.
-    let Some(cgroup) = (unsafe { BACKSTOP.get(&ifindex) }).copied() else {
+    let Some(cgroup) = (unsafe { BACKSTOP.get(ifindex) }).copied() else {
         return TC_DROP;
     };
     let ethertype = match ctx.load::<[u8; 2]>(12) {
@@ -247,10 +247,7 @@ pub fn ng_backstop(ctx: TcContext) -> i32 {
         (None, Ok(()))
     } else {
         // SAFETY: the value is copied out at once.
-        match (
-            unsafe { POLICY.get(&cgroup) },
-            parse_ip(&ctx, 14, ethertype),
-        ) {
+        match (unsafe { POLICY.get(cgroup) }, parse_ip(&ctx, 14, ethertype)) {
             (None, flow) => (flow.ok(), Err(BlockReason::Unclassified)),
             (Some(policy), Ok(flow)) => (
                 Some(flow),

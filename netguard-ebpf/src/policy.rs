@@ -94,12 +94,12 @@ fn is_endpoint(gateway: u32, flow: &Flow) -> bool {
         addr: flow.addr,
     };
     // SAFETY: plain lookups; the values are never dereferenced.
-    if unsafe { ENDPOINTS.get(&key) }.is_some() {
+    if unsafe { ENDPOINTS.get(key) }.is_some() {
         return true;
     }
     if !flow.port_known {
         return false;
     }
     key.port = flow.port;
-    unsafe { ENDPOINTS.get(&key) }.is_some()
+    unsafe { ENDPOINTS.get(key) }.is_some()
 }

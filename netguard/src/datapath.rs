@@ -113,17 +113,16 @@ impl Datapath {
 
     /// The loaded cgroup_skb egress program, for `BPF_PROG_TEST_RUN`.
     pub fn egress_program(&mut self) -> Result<&mut CgroupSkb> {
-        let program: &mut CgroupSkb = program(&mut self.ebpf, "ng_egress")?.try_into()?;
-        load_once(program.fd().is_ok(), || program.load())?;
-        Ok(program)
+        let program = program(&mut self.ebpf, "ng_egress")?;
+        load_program(program)?;
+        Ok(program.try_into()?)
     }
 
     /// The loaded backstop program, for `BPF_PROG_TEST_RUN`.
     pub fn backstop_program(&mut self) -> Result<&mut SchedClassifier> {
-        let program: &mut SchedClassifier =
-            program(&mut self.ebpf, BACKSTOP_PROGRAM)?.try_into()?;
-        load_once(program.fd().is_ok(), || program.load())?;
-        Ok(program)
+        let program = program(&mut self.ebpf, BACKSTOP_PROGRAM)?;
+        load_program(program)?;
+        Ok(program.try_into()?)
     }
 
     /// Attaches (or adopts) every cgroup program on `cgroup`, which covers it and every
@@ -276,16 +275,6 @@ pub fn unload(pin_dir: &Path) -> Result<bool> {
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
     ebpf.program_mut(name)
         .with_context(|| format!("program {name} missing from the eBPF object"))
-}
-
-fn load_once(
-    loaded: bool,
-    load: impl FnOnce() -> Result<(), aya::programs::ProgramError>,
-) -> Result<()> {
-    if !loaded {
-        load()?;
-    }
-    Ok(())
 }
 
 fn load_program(program: &mut Program) -> Result<()> {

@@ -116,9 +116,6 @@ pub struct GatewaySpec {
     pub endpoints: Vec<Endpoint>,
 }
 
-/// Counters of one cgroup, summed over CPUs.
-pub type CgroupCounters = Counters;
-
 impl Maps {
     /// Protects `cgroup` (and every descendant without its own entry): egress only to
     /// internal destinations, `allow`, and the gateway's endpoints and live tunnel.
@@ -141,8 +138,7 @@ impl Maps {
 
     /// Counts `cgroup`'s traffic without restricting it.
     pub fn count_only(&mut self, cgroup: CgroupId) -> Result<()> {
-        // Allowances go first so that a cgroup that was protected never sees a moment with
-        // a looser-than-either policy; then the entry flips to count-only.
+        // Allowances go first (stricter while protected), then the entry flips to count-only.
         self.set_scope_cidrs(cgroup, &[])?;
         self.policy
             .insert(cgroup, CgroupPolicy::default(), 0)
@@ -323,7 +319,7 @@ impl Maps {
     }
 
     /// The counters of `cgroup`, summed over CPUs, if it has any.
-    pub fn counters(&self, cgroup: CgroupId) -> Result<Option<CgroupCounters>> {
+    pub fn counters(&self, cgroup: CgroupId) -> Result<Option<Counters>> {
         match self.counters.get(&cgroup, 0) {
             Ok(per_cpu) => {
                 let mut total = Counters::default();

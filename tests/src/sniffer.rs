@@ -87,7 +87,7 @@ impl Sniffer {
                             &mut len,
                         )
                     };
-                    if n <= 0 || sa.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+                    if n <= 0 || sa.sll_pkttype == libc::PACKET_OUTGOING {
                         continue;
                     }
                     if let Some(arrival) = parse_frame(&buf[..n as usize]) {

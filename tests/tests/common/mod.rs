@@ -1,4 +1,8 @@
 //! One protected client in the lab, enforced by the real agent.
+#![allow(
+    dead_code,
+    reason = "shared by several test binaries, each using a part"
+)]
 
 use std::{net::IpAddr, path::PathBuf};
 
@@ -38,7 +42,6 @@ pub struct Setup {
     )]
     pub agent: Agent,
     pub pin: PinDir,
-    #[allow(dead_code, reason = "held so the cgroups live as long as the setup")]
     pub cgroups: TestCgroup,
     /// Protected cgroup; its processes run in the client namespace.
     pub protected: PathBuf,
