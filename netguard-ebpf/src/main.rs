@@ -62,21 +62,28 @@ const SKB_DROP: i32 = 0;
 const SOCK_ALLOW: i32 = 1;
 const SOCK_REFUSE: i32 = 0;
 
-/// The policy of the nearest ancestor (shallowest first, so a protected parent cannot be
-/// escaped by a child entry) for which there is one, and that ancestor's id.
+/// The policy that applies to a cgroup: the shallowest protected one among it and its
+/// ancestors (so no entry below a protected cgroup, count-only or not, can loosen it), else
+/// the shallowest count-only one. Returns the owning cgroup's id with it.
 #[inline(always)]
 fn find_policy(ancestor: impl Fn(i32) -> u64) -> Option<(u64, CgroupPolicy)> {
+    let mut counted_only = None;
     for level in 1..=MAX_CGROUP_DEPTH {
         let id = ancestor(level);
         if id == 0 {
-            return None;
+            break;
         }
         // SAFETY: the value is copied out at once.
         if let Some(policy) = unsafe { POLICY.get(id) } {
-            return Some((id, *policy));
+            if policy.is_protected() {
+                return Some((id, *policy));
+            }
+            if counted_only.is_none() {
+                counted_only = Some((id, *policy));
+            }
         }
     }
-    None
+    counted_only
 }
 
 #[inline(always)]
@@ -232,7 +239,8 @@ pub fn ng_backstop(ctx: TcContext) -> i32 {
     let skb = ctx.skb.skb;
     // SAFETY: reading a field of the program's own context.
     let ifindex = unsafe { (*skb).ifindex };
-    let bytes = ctx.len();
+    // IP packet length, as everywhere else (frames carry a 14-byte Ethernet header).
+    let bytes = ctx.len().saturating_sub(14);
     // Attached only where the agent registered the interface; no entry means the entry
     // was removed or never written: fail closed.
     // SAFETY: the value is copied out at once.
@@ -262,7 +270,7 @@ pub fn ng_backstop(ctx: TcContext) -> i32 {
         Err(reason) => {
             let mut counters = counters(cgroup);
             if let Some(c) = counters.as_deref_mut() {
-                count_block(c, reason, u64::from(bytes.saturating_sub(14)));
+                count_block(c, reason, u64::from(bytes));
             }
             report(
                 cgroup,

@@ -185,10 +185,13 @@ fn parse_v6<P: Packet>(pkt: &P, offset: usize) -> Result<Flow, ()> {
             IPPROTO_FRAGMENT => {
                 let ext: [u8; 4] = pkt.load(l4)?;
                 flow.proto = ext[0];
-                if u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 {
-                    first_fragment = false;
-                }
                 l4 += 8;
+                if u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 {
+                    // What follows is the middle of a payload, not more headers.
+                    first_fragment = false;
+                    walked_all = true;
+                    break;
+                }
             }
             IPPROTO_AH => {
                 let ext: [u8; 2] = pkt.load(l4)?;

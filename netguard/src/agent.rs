@@ -5,12 +5,13 @@ use std::{collections::HashSet, path::Path};
 
 use anyhow::{Context as _, Result};
 use ipnet::IpNet;
+use netguard_common::MAX_CGROUP_DEPTH;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::{
     cgroup::{Cgroup, cgroup2_root},
-    config::Config,
+    config::{Config, ConfigError},
     datapath::Datapath,
     events, netns,
     policy::{BUILTIN_INTERNAL_CIDRS, GatewaySpec, TunnelInterface},
@@ -60,6 +61,7 @@ pub fn start(config: &Config) -> Result<Datapath> {
             .map(|p| p.cgroup.clone())
             .collect::<Vec<_>>(),
     )?;
+    check_coverage(&root, &attach, &protected)?;
     let tunnels = config
         .gateways
         .iter()
@@ -72,12 +74,10 @@ pub fn start(config: &Config) -> Result<Datapath> {
             info!(cgroup = %cgroup.path.display(), program, ?outcome, "cgroup program");
         }
     }
-    for path in datapath.foreign_cgroup_links(&attach)? {
-        warn!(
-            "{} is attached by an earlier configuration and left in place: `netguard unload` \
-             removes it",
-            path.display()
-        );
+    // Every protected cgroup is under a configured attach cgroup (checked above), so links
+    // an earlier configuration left elsewhere only add a second run of every program.
+    for path in datapath.detach_other_cgroups(&attach)? {
+        info!(link = %path.display(), "detached: its cgroup is no longer configured");
     }
 
     let mut internal: Vec<IpNet> = BUILTIN_INTERNAL_CIDRS
@@ -139,6 +139,13 @@ fn remove_stale(
     gateways: &[(String, crate::policy::GatewayId)],
     backstops: &HashSet<u32>,
 ) -> Result<()> {
+    // Backstops first: a backstop whose cgroup has no policy would drop everything.
+    for ifindex in datapath.pinned_backstops()? {
+        if !backstops.contains(&ifindex) {
+            info!(ifindex, "backstop no longer configured: detaching");
+            datapath.detach_backstop(ifindex)?;
+        }
+    }
     for (cgroup, _) in datapath.maps.policies()? {
         if !protected.iter().any(|c| c.id == cgroup) {
             info!(cgroup, "no longer configured: unprotecting");
@@ -151,19 +158,61 @@ fn remove_stale(
             datapath.maps.remove_gateway(id)?;
         }
     }
-    for ifindex in datapath.pinned_backstops()? {
-        if !backstops.contains(&ifindex) {
-            info!(ifindex, "backstop no longer configured: detaching");
-            datapath.detach_backstop(ifindex)?;
+    Ok(())
+}
+
+/// Refuses configurations the datapath would silently not enforce, or count twice: a
+/// protected cgroup outside every attach cgroup or deeper than the programs look, the root
+/// as a protected cgroup, nested attach cgroups.
+fn check_coverage(root: &Path, attach: &[Cgroup], protected: &[Cgroup]) -> Result<(), ConfigError> {
+    for (i, a) in attach.iter().enumerate() {
+        for b in &attach[i + 1..] {
+            if a.path.starts_with(&b.path) || b.path.starts_with(&a.path) {
+                return Err(ConfigError(format!(
+                    "attach cgroups {} and {} are nested, so every packet would be judged and                      counted twice: keep only the outer one",
+                    a.path.display(),
+                    b.path.display()
+                )));
+            }
+        }
+    }
+    for cgroup in protected {
+        if cgroup.path == root {
+            return Err(ConfigError(format!(
+                "cannot protect the cgroup2 root {}: that would cut the host; protect the                  containers' cgroups",
+                root.display()
+            )));
+        }
+        if !attach.iter().any(|a| cgroup.path.starts_with(&a.path)) {
+            return Err(ConfigError(format!(
+                "protected cgroup {} is not under any attach cgroup ({}): add an attach cgroup                  above it",
+                cgroup.path.display(),
+                attach
+                    .iter()
+                    .map(|a| a.path.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let depth = cgroup
+            .path
+            .strip_prefix(root)
+            .map_or(0, |p| p.components().count());
+        if depth > MAX_CGROUP_DEPTH as usize {
+            return Err(ConfigError(format!(
+                "protected cgroup {} is {depth} levels deep; netguard looks {MAX_CGROUP_DEPTH}                  levels down: protect an ancestor within that depth",
+                cgroup.path.display()
+            )));
         }
     }
     Ok(())
 }
 
-fn resolve_all(root: &Path, paths: &[std::path::PathBuf]) -> Result<Vec<Cgroup>> {
+/// A cgroup path in the configuration that does not resolve is a configuration error.
+fn resolve_all(root: &Path, paths: &[std::path::PathBuf]) -> Result<Vec<Cgroup>, ConfigError> {
     paths
         .iter()
-        .map(|path| Cgroup::resolve(root, path).map_err(Into::into))
+        .map(|path| Cgroup::resolve(root, path).map_err(|error| ConfigError(error.to_string())))
         .collect()
 }
 
@@ -186,4 +235,46 @@ fn resolve_tunnel(
     }
     .with_context(|| format!("tunnel interface {interface:?}: create it or fix the name"))?;
     Ok(Some(tunnel))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn cgroup(path: &str, id: u64) -> Cgroup {
+        Cgroup {
+            path: PathBuf::from(path),
+            id,
+        }
+    }
+
+    #[test]
+    fn nested_attach_cgroups_are_refused() {
+        let root = Path::new("/sys/fs/cgroup");
+        let attach = [
+            cgroup("/sys/fs/cgroup/docker", 2),
+            cgroup("/sys/fs/cgroup/docker/a", 3),
+        ];
+        let error = check_coverage(root, &attach, &[]).unwrap_err().0;
+        assert!(
+            error.contains("nested") && error.contains("/sys/fs/cgroup/docker/a"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn protected_cgroup_outside_every_attach_cgroup_is_refused() {
+        let root = Path::new("/sys/fs/cgroup");
+        let attach = [cgroup("/sys/fs/cgroup/docker", 2)];
+        let outside = [cgroup("/sys/fs/cgroup/system.slice/x.scope", 9)];
+        let error = check_coverage(root, &attach, &outside).unwrap_err().0;
+        assert!(
+            error.contains("system.slice/x.scope") && error.contains("attach"),
+            "{error}"
+        );
+        let inside = [cgroup("/sys/fs/cgroup/docker/abc", 10)];
+        assert!(check_coverage(root, &attach, &inside).is_ok());
+    }
 }

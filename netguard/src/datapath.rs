@@ -20,9 +20,11 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, LinkOrder, Program, SchedClassifier,
+        TcAttachType,
         links::{FdLink, PinnedLink},
         loaded_programs,
+        tc::TcAttachOptions,
     },
 };
 use netguard_common::maps as map_names;
@@ -175,8 +177,10 @@ impl Datapath {
             let Program::SchedClassifier(p) = program else {
                 bail!("program {BACKSTOP_PROGRAM} has an unexpected type");
             };
+            // First in the tcx chain: an earlier program returning "pass" would skip it.
+            let order = TcAttachOptions::TcxOrder(LinkOrder::first());
             let id = p
-                .attach(interface, TcAttachType::Ingress)
+                .attach_with_options(interface, TcAttachType::Ingress, order)
                 .with_context(|| format!("attaching the backstop to {interface}"))?;
             Ok(FdLink::try_from(p.take_link(id)?)?)
         })
@@ -198,9 +202,14 @@ impl Datapath {
     ) -> Result<LinkOutcome> {
         let program = program(&mut self.ebpf, name)?;
         load_program(program).with_context(|| format!("loading program {name}"))?;
-        let new_tag = program.info()?.tag();
-        let outcome = match pinned_program_tag(pin)? {
-            Some(tag) if tag == new_tag => return Ok(LinkOutcome::Adopted),
+        let info = program.info()?;
+        let ours = ProgramIdentity {
+            tag: info.tag(),
+            map_ids: sorted_map_ids(&info)?,
+        };
+        // Same instructions on the same (pinned) maps: leave the running link alone.
+        let outcome = match pinned_program(pin)? {
+            Some(theirs) if theirs == ours => return Ok(LinkOutcome::Adopted),
             Some(_) => LinkOutcome::Replaced,
             None => LinkOutcome::Attached,
         };
@@ -218,10 +227,10 @@ impl Datapath {
         Ok(outcome)
     }
 
-    /// Attach cgroups whose links are pinned but not in `keep`: left attached (removing
-    /// protection needs `netguard unload`), reported so the operator knows.
-    pub fn foreign_cgroup_links(&self, keep: &[Cgroup]) -> Result<Vec<PathBuf>> {
-        let mut foreign = Vec::new();
+    /// Detaches the cgroup links pinned by an earlier configuration for cgroups not in
+    /// `keep`. Call only once every protected cgroup is known to lie under a kept one.
+    pub fn detach_other_cgroups(&mut self, keep: &[Cgroup]) -> Result<Vec<PathBuf>> {
+        let mut detached = Vec::new();
         for entry in fs::read_dir(self.pin_dir.join("links"))? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -232,10 +241,11 @@ impl Datapath {
                 continue;
             };
             if !keep.iter().any(|c| c.id.to_string() == id) {
-                foreign.push(entry.path());
+                remove_pin(&entry.path())?;
+                detached.push(entry.path());
             }
         }
-        Ok(foreign)
+        Ok(detached)
     }
 
     /// Pinned backstop links and their interface index.
@@ -290,8 +300,23 @@ fn load_program(program: &mut Program) -> Result<()> {
     Ok(())
 }
 
-/// The tag (instruction digest) of the program behind the link pinned at `pin`.
-fn pinned_program_tag(pin: &Path) -> Result<Option<u64>> {
+/// What makes two loaded programs interchangeable.
+#[derive(Debug, PartialEq, Eq)]
+struct ProgramIdentity {
+    /// Instruction digest (map references excluded).
+    tag: u64,
+    /// The maps it uses: a program on maps that are no longer the pinned ones is stale.
+    map_ids: Vec<u32>,
+}
+
+fn sorted_map_ids(info: &aya::programs::ProgramInfo) -> Result<Vec<u32>> {
+    let mut ids = info.map_ids()?.unwrap_or_default();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// The program behind the link pinned at `pin`.
+fn pinned_program(pin: &Path) -> Result<Option<ProgramIdentity>> {
     if !pin.exists() {
         return Ok(None);
     }
@@ -303,7 +328,10 @@ fn pinned_program_tag(pin: &Path) -> Result<Option<u64>> {
     for info in loaded_programs() {
         let info = info?;
         if info.id() == program_id {
-            return Ok(Some(info.tag()));
+            return Ok(Some(ProgramIdentity {
+                tag: info.tag(),
+                map_ids: sorted_map_ids(&info)?,
+            }));
         }
     }
     Ok(None)

@@ -151,6 +151,12 @@ impl Maps {
         self.set_scope_cidrs(cgroup, &[])
     }
 
+    /// Forgets `cgroup` entirely: policy, allowances and counters (its cgroup is gone).
+    pub fn forget(&mut self, cgroup: CgroupId) -> Result<()> {
+        self.unprotect(cgroup)?;
+        remove_if_present(self.counters.remove(&cgroup))
+    }
+
     /// Every cgroup with a policy entry.
     pub fn policies(&self) -> Result<Vec<(CgroupId, CgroupPolicy)>> {
         Ok(self.policy.iter().collect::<Result<_, _>>()?)
@@ -184,18 +190,18 @@ impl Maps {
         Ok(cidrs)
     }
 
-    /// Adds the new CIDRs, then removes the ones no longer wanted: idempotent, and never a
-    /// moment where a CIDR in both the old and the new set is missing.
+    /// Removes the CIDRs no longer wanted, then adds the new ones: idempotent, and in between
+    /// the allowed set is the intersection of the old and new sets, never more than either.
     fn set_scope_cidrs(&mut self, scope: u64, cidrs: &[IpNet]) -> Result<()> {
         let wanted: HashSet<IpNet> = cidrs.iter().map(IpNet::trunc).collect();
         let present: HashSet<IpNet> = self.scope_cidrs(scope)?.into_iter().collect();
-        for cidr in wanted.difference(&present) {
-            self.write_cidr(scope, cidr, true)
-                .with_context(|| format!("adding internal CIDR {cidr}"))?;
-        }
         for cidr in present.difference(&wanted) {
             self.write_cidr(scope, cidr, false)
                 .with_context(|| format!("removing internal CIDR {cidr}"))?;
+        }
+        for cidr in wanted.difference(&present) {
+            self.write_cidr(scope, cidr, true)
+                .with_context(|| format!("adding internal CIDR {cidr}"))?;
         }
         Ok(())
     }
@@ -248,7 +254,8 @@ impl Maps {
         Ok(found)
     }
 
-    /// Creates or updates the gateway `name`; its tunnel state is kept (down when new).
+    /// Creates or updates the gateway `name`. Its tunnel state is kept, unless the tunnel
+    /// interface moved (or the gateway is new): then it is down until set up.
     pub fn set_gateway(&mut self, name: &str, spec: &GatewaySpec) -> Result<GatewayId> {
         if name.is_empty() || name.len() > GATEWAY_NAME_LEN {
             bail!("gateway name {name:?} must be 1 to {GATEWAY_NAME_LEN} bytes long: shorten it");
@@ -279,15 +286,20 @@ impl Maps {
             .filter_map(Result::ok)
             .filter(|key| key.gateway == id.0)
             .collect();
-        for key in wanted.difference(&present) {
-            self.endpoints.insert(key, 1, 0)?;
-        }
-        (state.tunnel_ifindex, state.tunnel_netns_cookie) =
-            spec.tunnel.map_or((0, 0), |t| (t.ifindex, t.netns_cookie));
-        self.gateways.set(id.0, state, 0)?;
+        // Old endpoints go first: in between, only endpoints in both sets are allowed.
         for key in present.difference(&wanted) {
             remove_if_present(self.endpoints.remove(key))?;
         }
+        for key in wanted.difference(&present) {
+            self.endpoints.insert(key, 1, 0)?;
+        }
+        let tunnel = spec.tunnel.map_or((0, 0), |t| (t.ifindex, t.netns_cookie));
+        if tunnel != (state.tunnel_ifindex, state.tunnel_netns_cookie) {
+            // A moved tunnel is down until someone who knows says it is up.
+            state.tunnel_up = 0;
+            (state.tunnel_ifindex, state.tunnel_netns_cookie) = tunnel;
+        }
+        self.gateways.set(id.0, state, 0)?;
         Ok(id)
     }
 

@@ -60,10 +60,12 @@ impl Drop for TestCgroup {
     }
 }
 
-/// Moves this whole test process into a test cgroup for the guard's lifetime (verdict tests
-/// need `bpf_skb_cgroup_id` of their crafted packets to name a cgroup they own).
+/// Moves this whole test process into a test cgroup (`ngt<tag>/member`) for the guard's
+/// lifetime: verdict tests need `bpf_skb_cgroup_id` of their crafted packets to name a cgroup
+/// they own, and an ancestor of it that is theirs too.
 pub struct ProcessInCgroup {
     original: PathBuf,
+    member: PathBuf,
     cgroup: TestCgroup,
 }
 
@@ -76,25 +78,35 @@ impl ProcessInCgroup {
             .find_map(|line| line.strip_prefix("0::"))
             .expect("a cgroup v2 line in /proc/self/cgroup");
         let original = root.join(relative.trim_start_matches('/'));
-        let cgroup = TestCgroup::new_parent();
-        fs::write(
-            cgroup.path.join("cgroup.procs"),
-            std::process::id().to_string(),
-        )
-        .expect("moving the test process into its cgroup");
-        Self { original, cgroup }
+        let mut cgroup = TestCgroup::new_parent();
+        let member = cgroup.child("member");
+        fs::write(member.join("cgroup.procs"), std::process::id().to_string())
+            .expect("moving the test process into its cgroup");
+        Self {
+            original,
+            member,
+            cgroup,
+        }
     }
 
+    /// The cgroup the process is in.
     pub fn cgroup_id(&self) -> u64 {
+        TestCgroup::id(&self.member)
+    }
+
+    /// Its parent, also the test's.
+    pub fn parent_id(&self) -> u64 {
         TestCgroup::id(&self.cgroup.path)
     }
 }
 
 impl Drop for ProcessInCgroup {
     fn drop(&mut self) {
-        let _ = fs::write(
+        // Back out before the cgroup fixture kills what is left inside.
+        fs::write(
             self.original.join("cgroup.procs"),
             std::process::id().to_string(),
-        );
+        )
+        .expect("moving the test process back to its cgroup");
     }
 }

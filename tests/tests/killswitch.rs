@@ -318,3 +318,30 @@ fn receive_counters_are_exact() {
     assert_eq!(counters.rx_packets, 10);
     assert_eq!(counters.rx_bytes, 10 * 128);
 }
+
+#[test]
+fn blocked_flows_are_reported_and_a_flood_is_rate_limited() {
+    let s = Setup::new(Options::default());
+    let reported = format!(
+        "blocked {INTERNET_V4}:7000/udp cgroup={} reason=not_allowed hook=sendmsg",
+        s.protected_id()
+    );
+    let flood = probe(
+        &s.lab.client,
+        Some(&s.protected),
+        &["udp", &addr(INTERNET_V4), "7000", "2000", "8"],
+    );
+    assert_eq!((flood.errno, flood.done), (EPERM, 0), "{flood:?}");
+    assert_eq!(s.refused(BlockReason::NotAllowed), 2000);
+    // Every refusal is either reported to the agent or counted as suppressed.
+    wait_for("every refusal reported or counted as suppressed", || {
+        s.agent.count(&reported) as u64 + s.counters().events_suppressed == 2000
+    });
+    let logged = s.agent.count(&reported) as u64;
+    let budget = netguard_common::EVENTS_PER_SECOND * (flood.elapsed_us / 1_000_000 + 2);
+    assert!(
+        (1..=budget).contains(&logged),
+        "{logged} events for a flood lasting {}us",
+        flood.elapsed_us
+    );
+}

@@ -141,3 +141,54 @@ fn unload_removes_every_program_and_map() {
         internet.from(CLIENT_V4) == 1
     });
 }
+
+#[test]
+fn bad_configuration_exits_64_with_one_line_naming_the_value() {
+    netguard_tests::require_root();
+    let dir = std::env::temp_dir().join(format!("ngt{}-config", netguard_tests::unique_tag()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = netguard::cgroup::cgroup2_root()
+        .unwrap()
+        .display()
+        .to_string();
+    let protect_root = format!("[[protect]]\ncgroup = {root:?}\n");
+    let cases = [
+        (
+            "internal_cidrs = [\"192.168.1.0/33\"]\n",
+            "\"192.168.1.0/33\"",
+        ),
+        (
+            "[[gateways]]\nname = \"vpn\"\nendpoints = [\"203.0.113.7:51820\"]\n",
+            "\"203.0.113.7:51820\"",
+        ),
+        (
+            "attach_cgroups = [\"ngt-no-such-parent\"]\n[[protect]]\ncgroup = \"/\"\n",
+            "ngt-no-such-parent",
+        ),
+        (protect_root.as_str(), "cgroup2 root"),
+        ("[[protect]]\ncgroup = \"/etc\"\n", "/etc"),
+    ];
+    for (text, named) in cases {
+        let path = dir.join("netguard.toml");
+        std::fs::write(
+            &path,
+            format!("pin_dir = \"/sys/fs/bpf/ngt-never-created\"\n{text}"),
+        )
+        .unwrap();
+        let output = std::process::Command::new(netguard_tests::agent::netguard_bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line for {text:?}: {stderr}");
+        assert!(lines[0].contains(named), "{named} named in {stderr}");
+        assert!(
+            !std::path::Path::new("/sys/fs/bpf/ngt-never-created").exists(),
+            "nothing was loaded"
+        );
+        assert_eq!(output.status.code(), Some(64), "{stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

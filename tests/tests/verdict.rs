@@ -31,7 +31,7 @@ const DSTOPTS: u8 = 60;
 struct Verdicts {
     datapath: Datapath,
     cgroup: u64,
-    _in_cgroup: ProcessInCgroup,
+    in_cgroup: ProcessInCgroup,
 }
 
 impl Verdicts {
@@ -61,7 +61,7 @@ impl Verdicts {
         Self {
             datapath,
             cgroup,
-            _in_cgroup: in_cgroup,
+            in_cgroup,
         }
     }
 
@@ -312,6 +312,45 @@ fn fragments_without_ports_reach_internal_hosts_but_never_port_bound_endpoints()
         DROP,
         "port unknowable"
     );
+    // A later fragment's payload is not parsed as headers, whatever the next-header says.
+    let mut later_dstopts = fragment_header(DSTOPTS, 3, false);
+    later_dstopts.extend_from_slice(&[0xff; 16]);
+    assert_eq!(
+        v.egress(&ipv6(INTERNAL_V6, FRAGMENT, &later_dstopts, None)),
+        PASS
+    );
+    assert_eq!(
+        v.counters().blocked_packets[BlockReason::Malformed as usize],
+        0
+    );
+}
+
+#[test]
+fn a_count_only_ancestor_cannot_loosen_a_protected_cgroup() {
+    let mut v = Verdicts::new();
+    let parent = v.in_cgroup.parent_id();
+    v.datapath.maps.count_only(parent).unwrap();
+    assert_eq!(
+        v.egress(&ipv4(EXTERNAL_V4, &[], 0, &udp(53, 4), None)),
+        DROP
+    );
+    assert_eq!(
+        v.egress(&ipv4(INTERNAL_V4, &[], 0, &udp(53, 4), None)),
+        PASS
+    );
+    // Once the child is only counted too, the parent's entry decides: pass, counted there.
+    v.datapath.maps.count_only(v.cgroup).unwrap();
+    assert_eq!(
+        v.egress(&ipv4(EXTERNAL_V4, &[], 0, &udp(53, 4), None)),
+        PASS
+    );
+    let parent_counters = v
+        .datapath
+        .maps
+        .counters(parent)
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(parent_counters.tx_packets, 1);
 }
 
 #[test]
