@@ -56,6 +56,25 @@ pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// A directory under the system temp dir, removed on drop (and so on panic).
+pub struct TempDir {
+    pub path: std::path::PathBuf,
+}
+
+impl TempDir {
+    pub fn new(purpose: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("ngt{}-{purpose}", unique_tag()));
+        std::fs::create_dir_all(&path).expect("creating a temp dir");
+        Self { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 /// Panics unless running as root: the lab needs namespaces, cgroups and BPF.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

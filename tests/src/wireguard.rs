@@ -7,6 +7,7 @@ use std::{
 };
 
 use crate::{
+    TempDir,
     lab::{Lab, Netns, TUNNEL_CLIENT_V4, TUNNEL_PROVIDER_V4, VPN_V4, command_in},
     sh, wait_for,
 };
@@ -19,15 +20,14 @@ pub struct Tunnel {
     pub client_if: String,
     pub provider_if: String,
     daemons: Vec<Child>,
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 impl Tunnel {
     pub fn up(lab: &Lab) -> Self {
         let client_if = format!("wg{}c", lab.tag);
         let provider_if = format!("wg{}p", lab.tag);
-        let dir = std::env::temp_dir().join(format!("ngt{}-wg", lab.tag));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("wg");
         let mut tunnel = Self {
             client_if,
             provider_if,
@@ -87,7 +87,7 @@ impl Tunnel {
 
     fn keypair(&self, who: &str) -> (String, String) {
         let private = sh(&["wg", "genkey"]).trim().to_string();
-        let path = self.dir.join(format!("{who}.key"));
+        let path = self.dir.path.join(format!("{who}.key"));
         std::fs::write(&path, &private).unwrap();
         let mut pubkey = Command::new("wg")
             .arg("pubkey")
@@ -137,6 +137,5 @@ impl Drop for Tunnel {
         for interface in [&self.client_if, &self.provider_if] {
             let _ = std::fs::remove_file(format!("/var/run/wireguard/{interface}.sock"));
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

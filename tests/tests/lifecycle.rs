@@ -145,8 +145,7 @@ fn unload_removes_every_program_and_map() {
 #[test]
 fn bad_configuration_exits_64_with_one_line_naming_the_value() {
     netguard_tests::require_root();
-    let dir = std::env::temp_dir().join(format!("ngt{}-config", netguard_tests::unique_tag()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = netguard_tests::TempDir::new("config");
     let root = netguard::cgroup::cgroup2_root()
         .unwrap()
         .display()
@@ -169,7 +168,7 @@ fn bad_configuration_exits_64_with_one_line_naming_the_value() {
         ("[[protect]]\ncgroup = \"/etc\"\n", "/etc"),
     ];
     for (text, named) in cases {
-        let path = dir.join("netguard.toml");
+        let path = dir.path.join("netguard.toml");
         std::fs::write(
             &path,
             format!("pin_dir = \"/sys/fs/bpf/ngt-never-created\"\n{text}"),
@@ -190,5 +189,4 @@ fn bad_configuration_exits_64_with_one_line_naming_the_value() {
         );
         assert_eq!(output.status.code(), Some(64), "{stderr}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
