@@ -8,9 +8,7 @@ use std::net::IpAddr;
 use common::{Gateway, Options, Setup};
 use netguard_common::BlockReason;
 use netguard_tests::{
-    lab::{
-        CLIENT_V4, CLIENT_V6, INTERNET_V4, INTERNET_V6, LAN_V4, LAN_V6, SIBLING_V4, VPN_V4, addr,
-    },
+    lab::{CLIENT_V4, CLIENT_V6, INTERNET_V4, INTERNET_V6, LAN_V4, LAN_V6, VPN_V4, addr},
     probe::{EPERM, probe},
     sniffer::{Sniffer, TcpSink},
     wait_for,
@@ -193,37 +191,13 @@ fn raw_af_packet_frame_to_the_internet_never_arrives() {
 
     // Control: the same hand-built frame from the unprotected sibling gets through, so the
     // frame itself is good and would be delivered.
-    let sibling_mac = s.lab.router.mac("to-sib");
-    let control = probe(
-        &s.lab.sibling,
-        Some(&s.sibling),
-        &[
-            "raw-frame",
-            "eth0",
-            &sibling_mac,
-            &addr(SIBLING_V4),
-            &addr(INTERNET_V4),
-            "7777",
-        ],
-    );
+    let control = s.raw_frame_to_internet(true);
     assert!(control.ok, "{control:?}");
     wait_for("the sibling's raw frame", || {
         internet.with_payload(marker) == 1
     });
 
-    let router_mac = s.lab.router.mac("to-cli");
-    let sent = probe(
-        &s.lab.client,
-        Some(&s.protected),
-        &[
-            "raw-frame",
-            "eth0",
-            &router_mac,
-            &addr(CLIENT_V4),
-            &addr(INTERNET_V4),
-            "7777",
-        ],
-    );
+    let sent = s.raw_frame_to_internet(false);
     assert!(
         sent.ok,
         "AF_PACKET sendto() itself succeeds; the backstop drops on the wire: {sent:?}"

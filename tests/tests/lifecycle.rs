@@ -19,23 +19,6 @@ fn blocked_to_internet(s: &Setup) {
     assert_eq!(result.errno, EPERM, "{result:?}");
 }
 
-fn raw_frame_to_internet(s: &Setup) {
-    let mac = s.lab.router.mac("to-cli");
-    let sent = probe(
-        &s.lab.client,
-        Some(&s.protected),
-        &[
-            "raw-frame",
-            "eth0",
-            &mac,
-            &addr(CLIENT_V4),
-            &addr(INTERNET_V4),
-            "7777",
-        ],
-    );
-    assert!(sent.ok, "{sent:?}");
-}
-
 #[test]
 fn enforcement_outlives_the_agent_and_a_restart_adopts_it_without_gap_or_double_count() {
     let mut s = Setup::new(Options {
@@ -51,7 +34,8 @@ fn enforcement_outlives_the_agent_and_a_restart_adopts_it_without_gap_or_double_
 
     s.agent.kill9();
     blocked_to_internet(&s);
-    raw_frame_to_internet(&s);
+    let sent = s.raw_frame_to_internet(false);
+    assert!(sent.ok, "{sent:?}");
     s.wait_counters("the backstop drop while the agent is dead", |c| {
         c.blocked_packets[BlockReason::NotAllowed as usize] == 1
     });

@@ -186,34 +186,38 @@ fn ping(to: IpAddr) -> Outcome {
         if fd < 0 {
             return Outcome::failed(0, io::Error::last_os_error());
         }
-        let rc = match to {
+        match to {
             IpAddr::V4(ip) => {
                 let mut sa: libc::sockaddr_in = std::mem::zeroed();
                 sa.sin_family = libc::AF_INET as u16;
                 sa.sin_addr.s_addr = u32::from_ne_bytes(ip.octets());
-                libc::sendto(
-                    fd,
-                    packet.as_ptr().cast(),
-                    packet.len(),
-                    0,
-                    (&sa as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of_val(&sa) as u32,
-                )
+                send_once(fd, &packet, &sa)
             }
             IpAddr::V6(ip) => {
                 let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
                 sa.sin6_family = libc::AF_INET6 as u16;
                 sa.sin6_addr.s6_addr = ip.octets();
-                libc::sendto(
-                    fd,
-                    packet.as_ptr().cast(),
-                    packet.len(),
-                    0,
-                    (&sa as *const libc::sockaddr_in6).cast(),
-                    std::mem::size_of_val(&sa) as u32,
-                )
+                send_once(fd, &packet, &sa)
             }
-        };
+        }
+    }
+}
+
+/// Sends `data` to the socket address `sa` on `fd`, closes `fd`, reports the result.
+///
+/// # Safety
+/// `fd` is an open socket this function may close; `A` is a sockaddr type matching it.
+unsafe fn send_once<A>(fd: libc::c_int, data: &[u8], sa: &A) -> Outcome {
+    // SAFETY: per the contract; the buffers outlive the call.
+    unsafe {
+        let rc = libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            0,
+            (sa as *const A).cast(),
+            std::mem::size_of::<A>() as u32,
+        );
         let error = io::Error::last_os_error();
         libc::close(fd);
         if rc < 0 {
@@ -282,21 +286,7 @@ fn raw_frame(iface: &str, dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, port: 
         sa.sll_ifindex = ifindex as i32;
         sa.sll_halen = 6;
         sa.sll_addr[..6].copy_from_slice(&dst_mac);
-        let rc = libc::sendto(
-            fd,
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&sa as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of_val(&sa) as u32,
-        );
-        let error = io::Error::last_os_error();
-        libc::close(fd);
-        if rc < 0 {
-            Outcome::failed(0, error)
-        } else {
-            Outcome::ok(1)
-        }
+        send_once(fd, &frame, &sa)
     }
 }
 

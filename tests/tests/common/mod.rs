@@ -10,8 +10,8 @@ use netguard_common::{BlockReason, Counters};
 use netguard_tests::{
     agent::{Agent, PinDir, pinned_maps},
     cgroups::TestCgroup,
-    lab::{CLIENT_HOST_SIDE, LAN_CIDRS, Lab, SIBLING_V4, addr},
-    probe::probe,
+    lab::{CLIENT_HOST_SIDE, CLIENT_V4, INTERNET_V4, LAN_CIDRS, Lab, SIBLING_V4, addr},
+    probe::{ProbeResult, probe},
     sniffer::Sniffer,
     wait_for,
 };
@@ -98,6 +98,25 @@ impl Setup {
 
     pub fn refused(&self, reason: BlockReason) -> u64 {
         self.counters().refused_calls[reason as usize]
+    }
+
+    /// Sends a hand-built IPv4/UDP frame to the internet host through AF_PACKET from the
+    /// protected client (`from_sibling` false) or the unprotected sibling; returns the probe's
+    /// report (AF_PACKET's sendto succeeds either way: the verdict is on the wire).
+    pub fn raw_frame_to_internet(&self, from_sibling: bool) -> ProbeResult {
+        let (netns, cgroup, router_side, src) = if from_sibling {
+            (&self.lab.sibling, &self.sibling, "to-sib", addr(SIBLING_V4))
+        } else {
+            (
+                &self.lab.client,
+                &self.protected,
+                CLIENT_HOST_SIDE,
+                addr(CLIENT_V4),
+            )
+        };
+        let mac = self.lab.router.mac(router_side);
+        let args = ["raw-frame", "eth0", &mac, &src, &addr(INTERNET_V4), "7777"];
+        probe(netns, Some(cgroup), &args)
     }
 
     /// Sends a marker from the unprotected sibling to `dst` and waits until `sniffer` has
