@@ -40,9 +40,14 @@ pub mod maps {
     pub const EVENT_BUDGET: &str = "NG_EVENT_BUDGET";
     /// Array of one `u64`: the [`crate::DATAPATH_ABI`] that created the pinned maps.
     pub const META: &str = "NG_META";
+    /// Containers registered before their cgroup exists: [`crate::ContainerKey`] ->
+    /// [`crate::CgroupPolicy`], applied by the cgroup_mkdir classifier.
+    pub const CONTAINERS: &str = "NG_CONTAINERS";
+    /// Scratch space for the classifier (one path buffer per CPU).
+    pub const PATH_SCRATCH: &str = "NG_PATH_SCRATCH";
 
     /// Every map, in the order the agent pins them.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         POLICY,
         INTERNAL_V4,
         INTERNAL_V6,
@@ -53,6 +58,8 @@ pub mod maps {
         EVENTS,
         EVENT_BUDGET,
         META,
+        CONTAINERS,
+        PATH_SCRATCH,
     ];
 }
 
@@ -143,6 +150,23 @@ impl Hook {
 
 /// [`CgroupPolicy::flags`]: block every destination that is not allowed.
 pub const POLICY_PROTECTED: u32 = 1;
+/// [`CgroupPolicy::flags`] (with [`POLICY_PROTECTED`]): a container cgroup the agent has not
+/// classified yet; every external destination is blocked with reason `unclassified`.
+pub const POLICY_UNCLASSIFIED: u32 = 2;
+
+/// Length of a Docker container id (hex).
+pub const CONTAINER_ID_LEN: usize = 64;
+
+/// A container id as written in its cgroup name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ContainerKey {
+    /// The 64 lowercase hex characters of the id.
+    pub id: [u8; CONTAINER_ID_LEN],
+}
+
+/// Longest cgroup path (relative to the hierarchy root) the classifier reads.
+pub const PATH_SCRATCH_LEN: usize = 256;
 
 /// What the datapath does for one cgroup (and its descendants without an entry of their own).
 #[repr(C)]
@@ -159,6 +183,17 @@ impl CgroupPolicy {
     pub const fn is_protected(&self) -> bool {
         self.flags & POLICY_PROTECTED != 0
     }
+
+    /// Whether this is a container cgroup not classified yet.
+    pub const fn is_unclassified(&self) -> bool {
+        self.flags & POLICY_UNCLASSIFIED != 0
+    }
+
+    /// The policy the classifier gives a container cgroup it knows nothing about.
+    pub const UNCLASSIFIED: CgroupPolicy = CgroupPolicy {
+        flags: POLICY_PROTECTED | POLICY_UNCLASSIFIED,
+        gateway: 0,
+    };
 }
 
 /// Scope of an internal CIDR: 0 for every protected cgroup, else the cgroup id it belongs to.
@@ -333,6 +368,7 @@ mod pod {
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for BlockedFlow {}
     unsafe impl aya::Pod for EventBudget {}
+    unsafe impl aya::Pod for ContainerKey {}
 }
 
 // No implicit padding: each size equals the sum of its fields.

@@ -7,6 +7,7 @@
 #![no_main]
 
 mod account;
+mod classify;
 mod parse;
 mod policy;
 
@@ -15,13 +16,14 @@ use aya_ebpf::{
     helpers::generated::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_skb_ancestor_cgroup_id,
     },
-    macros::{cgroup_skb, cgroup_sock_addr, classifier, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf},
-    programs::{SkBuffContext, SockAddrContext, TcContext},
+    macros::{cgroup_skb, cgroup_sock_addr, classifier, map, tracepoint},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{SkBuffContext, SockAddrContext, TcContext, TracePointContext},
 };
 use netguard_common::{
-    BlockReason, CgroupPolicy, Counters, EndpointKey, EventBudget, FAMILY_V4, FAMILY_V6,
-    GatewayState, Hook, MAX_CGROUP_DEPTH, MAX_GATEWAYS, ScopedV4, ScopedV6,
+    BlockReason, CgroupPolicy, ContainerKey, Counters, EndpointKey, EventBudget, FAMILY_V4,
+    FAMILY_V6, GatewayState, Hook, MAX_CGROUP_DEPTH, MAX_GATEWAYS, PATH_SCRATCH_LEN, ScopedV4,
+    ScopedV6,
 };
 
 use crate::{
@@ -56,6 +58,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 static EVENT_BUDGET: LruHashMap<u64, EventBudget> = LruHashMap::with_max_entries(MAX_POLICIES, 0);
 #[map(name = "NG_META")]
 static META: Array<u64> = Array::with_max_entries(1, 0);
+#[map(name = "NG_CONTAINERS")]
+static CONTAINERS: HashMap<ContainerKey, CgroupPolicy> = HashMap::with_max_entries(MAX_POLICIES, 0);
+#[map(name = "NG_PATH_SCRATCH")]
+static PATH_SCRATCH: PerCpuArray<[u8; PATH_SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);
 
 const SKB_PASS: i32 = 1;
 const SKB_DROP: i32 = 0;
@@ -283,6 +289,13 @@ pub fn ng_backstop(ctx: TcContext) -> i32 {
             TC_DROP
         }
     }
+}
+
+/// Classifies every new container cgroup before a process can join it (see `classify`).
+#[tracepoint]
+pub fn ng_cgroup_mkdir(ctx: TracePointContext) -> u32 {
+    let _ = classify::classify_new_cgroup(&ctx);
+    0
 }
 
 #[cfg(not(test))]

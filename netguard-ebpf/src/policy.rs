@@ -36,6 +36,9 @@ pub fn decide(
     if is_internal(SCOPE_GLOBAL, flow) || is_internal(scope, flow) {
         return Ok(());
     }
+    if policy.is_unclassified() {
+        return Err(BlockReason::Unclassified);
+    }
     if policy.gateway == 0 {
         return Err(BlockReason::NotAllowed);
     }

@@ -69,6 +69,11 @@ pub fn start(config: &Config) -> Result<Datapath> {
         .collect::<Result<Vec<_>>>()?;
 
     let mut datapath = Datapath::load(&config.pin_dir)?;
+    let outcome = datapath.attach_classifier()?;
+    info!(
+        ?outcome,
+        "container cgroup classifier (cgroup:cgroup_mkdir)"
+    );
     for cgroup in &attach {
         for (program, outcome) in datapath.attach_cgroup(cgroup)? {
             info!(cgroup = %cgroup.path.display(), program, ?outcome, "cgroup program");

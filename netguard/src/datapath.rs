@@ -42,6 +42,9 @@ const CGROUP_PROGRAMS: [&str; 6] = [
     "ng_sendmsg6",
 ];
 const BACKSTOP_PROGRAM: &str = "ng_backstop";
+const CLASSIFIER_PROGRAM: &str = "ng_cgroup_mkdir";
+const TRACEFS: &str = "/sys/kernel/tracing";
+const TRACEFS_MAGIC: i64 = 0x7472_6163;
 const BPFFS_MAGIC: i64 = 0xcafe_4a11;
 
 /// How a program's pinned link came to be.
@@ -186,6 +189,22 @@ impl Datapath {
         })
     }
 
+    /// Attaches (or adopts) the cgroup_mkdir classifier, which gives every new container
+    /// cgroup a policy before a process can join it, whether the agent runs or not.
+    pub fn attach_classifier(&mut self) -> Result<LinkOutcome> {
+        ensure_mounted(Path::new(TRACEFS), "tracefs", TRACEFS_MAGIC)?;
+        let pin = self.pin_dir.join("links").join("tp_cgroup_mkdir");
+        self.pin_link(&pin, CLASSIFIER_PROGRAM, |program| {
+            let Program::TracePoint(p) = program else {
+                bail!("program {CLASSIFIER_PROGRAM} has an unexpected type");
+            };
+            let id = p
+                .attach("cgroup", "cgroup_mkdir")
+                .context("attaching to the cgroup:cgroup_mkdir tracepoint")?;
+            Ok(FdLink::try_from(p.take_link(id)?)?)
+        })
+    }
+
     /// Removes the backstop from `ifindex`.
     pub fn detach_backstop(&mut self, ifindex: u32) -> Result<()> {
         let pin = self.pin_dir.join("links").join(format!("tc{ifindex}"));
@@ -295,6 +314,7 @@ fn load_program(program: &mut Program) -> Result<()> {
         Program::CgroupSkb(p) => p.load()?,
         Program::CgroupSockAddr(p) => p.load()?,
         Program::SchedClassifier(p) => p.load()?,
+        Program::TracePoint(p) => p.load()?,
         _ => bail!("unexpected program type in netguard's eBPF object"),
     }
     Ok(())
@@ -349,7 +369,7 @@ fn remove_pin(path: &Path) -> Result<()> {
 /// `/sys/fs/bpf` when nothing is mounted there (as systemd does at boot).
 fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     let parent = pin_dir.parent().unwrap_or(Path::new("/"));
-    if is_bpffs(parent)? {
+    if is_fs(parent, BPFFS_MAGIC)? {
         return Ok(());
     }
     if parent != Path::new("/sys/fs/bpf") {
@@ -360,18 +380,31 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
             parent.display()
         );
     }
-    info!("mounting bpffs at /sys/fs/bpf");
+    ensure_mounted(parent, "bpf", BPFFS_MAGIC)
+}
+
+/// Mounts a `fstype` filesystem at `path` unless one is there.
+fn ensure_mounted(path: &Path, fstype: &str, magic: i64) -> Result<()> {
+    if is_fs(path, magic)? {
+        return Ok(());
+    }
+    info!("mounting {fstype} at {}", path.display());
     let status = std::process::Command::new("mount")
-        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .args(["-t", fstype, fstype])
+        .arg(path)
         .status()
-        .context("running mount -t bpf")?;
-    if !status.success() || !is_bpffs(parent)? {
-        bail!("could not mount bpffs at /sys/fs/bpf: mount it (`mount -t bpf bpf /sys/fs/bpf`)");
+        .with_context(|| format!("running mount -t {fstype}"))?;
+    if !status.success() || !is_fs(path, magic)? {
+        bail!(
+            "could not mount {fstype} at {}: mount it (`mount -t {fstype} {fstype} {}`)",
+            path.display(),
+            path.display()
+        );
     }
     Ok(())
 }
 
-fn is_bpffs(path: &Path) -> Result<bool> {
+fn is_fs(path: &Path, magic: i64) -> Result<bool> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: statfs into a zeroed struct with a valid path.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
@@ -382,5 +415,5 @@ fn is_bpffs(path: &Path) -> Result<bool> {
         }
         return Err(error).with_context(|| format!("statfs {}", path.display()));
     }
-    Ok(stat.f_type as i64 == BPFFS_MAGIC)
+    Ok(stat.f_type as i64 == magic)
 }

@@ -8,7 +8,8 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuHashMap, RingBuf},
 };
 use netguard_common::{
-    CgroupPolicy, Counters, DATAPATH_ABI, EndpointKey, GatewayState, ScopedV4, ScopedV6, maps,
+    CgroupPolicy, ContainerKey, Counters, DATAPATH_ABI, EndpointKey, GatewayState, ScopedV4,
+    ScopedV6, maps,
 };
 
 /// Every map but the event ring buffer, which the event reader owns.
@@ -21,6 +22,7 @@ pub struct Maps {
     pub(crate) backstop: HashMap<MapData, u32, u64>,
     pub(crate) counters: PerCpuHashMap<MapData, u64, Counters>,
     pub(crate) meta: Array<MapData, u64>,
+    pub(crate) containers: HashMap<MapData, ContainerKey, CgroupPolicy>,
 }
 
 impl Maps {
@@ -63,6 +65,7 @@ impl Maps {
             backstop: HashMap::try_from(take(maps::BACKSTOP)?)?,
             counters: PerCpuHashMap::try_from(take(maps::COUNTERS)?)?,
             meta: Array::try_from(take(maps::META)?)?,
+            containers: HashMap::try_from(take(maps::CONTAINERS)?)?,
         })
     }
 

@@ -13,8 +13,9 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
 use netguard_common::{
-    CgroupPolicy, Counters, EndpointKey, FAMILY_V4, FAMILY_V6, GATEWAY_NAME_LEN, GatewayState,
-    MAX_GATEWAYS, POLICY_PROTECTED, SCOPE_BITS, SCOPE_GLOBAL, ScopedV4, ScopedV6, TUNNEL_UP,
+    CONTAINER_ID_LEN, CgroupPolicy, ContainerKey, Counters, EndpointKey, FAMILY_V4, FAMILY_V6,
+    GATEWAY_NAME_LEN, GatewayState, MAX_GATEWAYS, POLICY_PROTECTED, SCOPE_BITS, SCOPE_GLOBAL,
+    ScopedV4, ScopedV6, TUNNEL_UP,
 };
 use thiserror::Error;
 
@@ -31,6 +32,61 @@ pub const BUILTIN_INTERNAL_CIDRS: [&str; 7] = [
     "fe80::/10",
     "ff02::/16",
 ];
+
+/// A Docker container id: 64 lowercase hex characters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContainerId(String);
+
+impl ContainerId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The 12-character form Docker shows.
+    pub fn short(&self) -> &str {
+        &self.0[..12]
+    }
+
+    fn key(&self) -> ContainerKey {
+        let mut key = ContainerKey {
+            id: [0; CONTAINER_ID_LEN],
+        };
+        key.id.copy_from_slice(self.0.as_bytes());
+        key
+    }
+}
+
+impl TryFrom<&[u8]> for ContainerId {
+    type Error = anyhow::Error;
+
+    fn try_from(bytes: &[u8]) -> Result<Self> {
+        let valid = bytes.len() == CONTAINER_ID_LEN
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+        if !valid {
+            bail!(
+                "{:?} is not a 64-character container id",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        Ok(Self(String::from_utf8_lossy(bytes).into_owned()))
+    }
+}
+
+impl FromStr for ContainerId {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        Self::try_from(text.as_bytes())
+    }
+}
+
+impl fmt::Display for ContainerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// A gateway's slot in the datapath (1..MAX_GATEWAYS).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -155,6 +211,28 @@ impl Maps {
     pub fn forget(&mut self, cgroup: CgroupId) -> Result<()> {
         self.unprotect(cgroup)?;
         remove_if_present(self.counters.remove(&cgroup))
+    }
+
+    /// Registers a container before its cgroup exists: the cgroup_mkdir classifier gives its
+    /// cgroup `policy` (a protected or count-only one) the moment it is created.
+    pub fn register_container(&mut self, id: &ContainerId, policy: CgroupPolicy) -> Result<()> {
+        Ok(self.containers.insert(id.key(), policy, 0)?)
+    }
+
+    pub fn unregister_container(&mut self, id: &ContainerId) -> Result<()> {
+        remove_if_present(self.containers.remove(&id.key()))
+    }
+
+    /// Every registered container.
+    pub fn registered_containers(&self) -> Result<Vec<(ContainerId, CgroupPolicy)>> {
+        let mut found = Vec::new();
+        for entry in self.containers.iter() {
+            let (key, policy) = entry?;
+            if let Ok(id) = ContainerId::try_from(&key.id[..]) {
+                found.push((id, policy));
+            }
+        }
+        Ok(found)
     }
 
     /// Every cgroup with a policy entry.
