@@ -53,7 +53,7 @@ pub fn classify_new_cgroup(ctx: &TracePointContext) -> Result<(), i64> {
         key.id[i] = c;
     }
     // SAFETY: the value is copied out at once.
-    let policy = unsafe { CONTAINERS.get(&key) }
+    let policy = unsafe { CONTAINERS.get(key) }
         .copied()
         .unwrap_or(CgroupPolicy::UNCLASSIFIED);
     POLICY.insert(cgroup, policy, 0).map_err(i64::from)
@@ -63,7 +63,7 @@ pub fn classify_new_cgroup(ctx: &TracePointContext) -> Result<(), i64> {
 #[inline(always)]
 fn container_id_start(buf: &[u8; PATH_SCRATCH_LEN], len: usize) -> Option<usize> {
     let scoped = SCOPE_PREFIX.len() + CONTAINER_ID_LEN + SCOPE_SUFFIX.len();
-    if len >= scoped + 1 && len <= PATH_SCRATCH_LEN - 1 && ends_with(buf, len, SCOPE_SUFFIX) {
+    if len > scoped && len < PATH_SCRATCH_LEN && ends_with(buf, len, SCOPE_SUFFIX) {
         let prefix_at = len - scoped;
         for (i, b) in SCOPE_PREFIX.iter().enumerate() {
             if buf[(prefix_at + i) & MASK] != *b {
@@ -73,7 +73,7 @@ fn container_id_start(buf: &[u8; PATH_SCRATCH_LEN], len: usize) -> Option<usize>
         return Some(prefix_at + SCOPE_PREFIX.len());
     }
     if len > CONTAINER_ID_LEN
-        && len <= PATH_SCRATCH_LEN - 1
+        && len < PATH_SCRATCH_LEN
         && buf[(len - CONTAINER_ID_LEN - 1) & MASK] == b'/'
     {
         return Some(len - CONTAINER_ID_LEN);

@@ -13,17 +13,30 @@ use crate::{
     cgroup::{Cgroup, cgroup2_root},
     config::{Config, ConfigError},
     datapath::Datapath,
+    docker::{WatchOptions, Watcher},
     events, netns,
     policy::{BUILTIN_INTERNAL_CIDRS, GatewaySpec, TunnelInterface},
 };
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<()> {
-    let mut datapath = start(&config)?;
+    let Started {
+        mut datapath,
+        watch,
+    } = start(&config)?;
+    let pin_dir = datapath.pin_dir().to_path_buf();
     let events = datapath
         .take_events()
         .context("event ring buffer already taken")?;
     let mut reader = tokio::spawn(events::log_blocked_flows(events));
+    // The Docker watcher owns the datapath from here on; without Docker it just stays open.
+    let mut watcher = match (watch, &config.docker_socket) {
+        (Some(options), Some(_)) => tokio::spawn(Watcher::new(datapath, options).run()),
+        _ => tokio::spawn(async move {
+            let _datapath = datapath;
+            std::future::pending::<Result<()>>().await
+        }),
+    };
 
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -31,18 +44,26 @@ pub async fn run(config: Config) -> Result<()> {
         _ = terminate.recv() => info!("SIGTERM received"),
         _ = interrupt.recv() => info!("SIGINT received"),
         result = &mut reader => warn!("blocked-flow reader stopped: {result:?}"),
+        result = &mut watcher => warn!("Docker watcher stopped: {result:?}"),
     }
     reader.abort();
+    watcher.abort();
     info!(
         "stopping; enforcement stays in place (pinned under {}); `netguard unload` removes it",
-        datapath.pin_dir().display()
+        pin_dir.display()
     );
     Ok(())
 }
 
+/// The datapath with the static policy applied, and what the Docker watcher needs.
+pub struct Started {
+    pub datapath: Datapath,
+    pub watch: Option<WatchOptions>,
+}
+
 /// Loads or adopts the datapath and makes the maps match `config`. Returns when the policy
 /// is enforced; the caller keeps the returned datapath for events.
-pub fn start(config: &Config) -> Result<Datapath> {
+pub fn start(config: &Config) -> Result<Started> {
     let root = cgroup2_root()?;
     // Resolve everything before touching the kernel: a typo must not half-apply.
     let attach = resolve_all(
@@ -91,6 +112,7 @@ pub fn start(config: &Config) -> Result<Datapath> {
         .collect();
     internal.extend(config.internal_cidrs.iter().copied());
     datapath.maps.set_internal_cidrs(&internal)?;
+    let base_internal = internal;
 
     let mut gateway_ids = Vec::new();
     for (gateway, tunnel) in config.gateways.iter().zip(tunnels) {
@@ -126,14 +148,24 @@ pub fn start(config: &Config) -> Result<Datapath> {
         info!(cgroup = %cgroup.path.display(), id = cgroup.id, "protected");
     }
 
-    remove_stale(&mut datapath, &protected, &gateway_ids, &backstops)?;
+    // With Docker, containers' entries are the watcher's to reconcile; without, stale ones go.
+    if config.docker_socket.is_none() {
+        remove_stale(&mut datapath, &protected, &gateway_ids, &backstops)?;
+    }
     info!(
         protected = protected.len(),
         gateways = gateway_ids.len(),
         backstops = backstops.len(),
         "netguard ready"
     );
-    Ok(datapath)
+    let watch = config.docker_socket.as_ref().map(|socket| WatchOptions {
+        socket: socket.clone(),
+        cgroup_root: root.clone(),
+        static_cgroups: protected.iter().map(|c| c.id).collect(),
+        static_backstops: backstops,
+        base_internal,
+    });
+    Ok(Started { datapath, watch })
 }
 
 /// After the desired state is written: whatever an earlier run left that is no longer

@@ -32,6 +32,10 @@ impl fmt::Display for ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub pin_dir: Option<PathBuf>,
+    /// Follow Docker (default true).
+    pub docker: Option<bool>,
+    /// Docker Engine API socket (default /var/run/docker.sock).
+    pub docker_socket: Option<PathBuf>,
     pub attach_cgroups: Option<Vec<PathBuf>>,
     #[serde(default)]
     pub internal_cidrs: Vec<String>,
@@ -73,6 +77,8 @@ pub struct FileProtect {
 pub struct FlagConfig {
     pub config_file: Option<PathBuf>,
     pub pin_dir: Option<PathBuf>,
+    pub docker_socket: Option<PathBuf>,
+    pub no_docker: bool,
     pub attach_cgroups: Vec<PathBuf>,
     pub internal_cidrs: Vec<String>,
     pub protect: Vec<PathBuf>,
@@ -82,6 +88,8 @@ pub struct FlagConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub pin_dir: PathBuf,
+    /// The Docker socket to follow; `None` when Docker is turned off.
+    pub docker_socket: Option<PathBuf>,
     /// Empty: the cgroup2 root.
     pub attach_cgroups: Vec<PathBuf>,
     pub internal_cidrs: Vec<IpNet>,
@@ -177,7 +185,14 @@ impl Config {
 
         let mut attach_cgroups = file.attach_cgroups.unwrap_or_default();
         attach_cgroups.extend(flags.attach_cgroups.iter().cloned());
+        let docker = file.docker.unwrap_or(true) && !flags.no_docker;
+        let docker_socket = flags
+            .docker_socket
+            .clone()
+            .or(file.docker_socket)
+            .unwrap_or_else(|| PathBuf::from(crate::docker::DEFAULT_SOCKET));
         Ok(Self {
+            docker_socket: docker.then_some(docker_socket),
             pin_dir: flags
                 .pin_dir
                 .clone()
@@ -208,17 +223,21 @@ fn parse_cidrs(field: &str, values: &[String]) -> Result<Vec<IpNet>, ConfigError
     values
         .iter()
         .map(|value| {
-            value
-                .parse::<IpNet>()
-                .or_else(|_| value.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    ConfigError(format!(
-                        "invalid CIDR {value:?} in {field}: write an address with an optional \
+            parse_cidr(value).ok_or_else(|| {
+                ConfigError(format!(
+                    "invalid CIDR {value:?} in {field}: write an address with an optional \
                          prefix length, e.g. 192.168.1.0/24 or fd00::/8"
-                    ))
-                })
+                ))
+            })
         })
         .collect()
+}
+
+/// A CIDR, or a bare address as a single-host CIDR.
+pub fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
 fn known(names: &HashSet<String>) -> String {

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod cgroup;
 pub mod config;
 pub mod datapath;
+pub mod docker;
 pub mod events;
 pub mod maps;
 pub mod netns;

@@ -61,6 +61,12 @@ struct RunArgs {
     /// Protect this cgroup (repeatable).
     #[arg(long)]
     protect: Vec<PathBuf>,
+    /// Docker Engine API socket [default: /var/run/docker.sock].
+    #[arg(long, env = "NETGUARD_DOCKER_SOCKET")]
+    docker_socket: Option<PathBuf>,
+    /// Do not follow Docker (static configuration only).
+    #[arg(long)]
+    no_docker: bool,
 }
 
 fn main() -> ExitCode {
@@ -107,6 +113,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let flags = FlagConfig {
         config_file: args.config,
         pin_dir: args.pin_dir,
+        docker_socket: args.docker_socket,
+        no_docker: args.no_docker,
         attach_cgroups: args.attach_cgroups,
         internal_cidrs: args.internal_cidrs,
         protect: args.protect,

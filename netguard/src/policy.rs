@@ -478,8 +478,15 @@ fn endpoint_key(gateway: GatewayId, endpoint: &Endpoint) -> EndpointKey {
 }
 
 fn remove_if_present(result: Result<(), aya::maps::MapError>) -> Result<()> {
+    use aya::maps::MapError;
     match result {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        // Some map types report a missing key as the syscall's ENOENT.
+        Err(MapError::SyscallError(error))
+            if error.io_error.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(())
+        }
         Err(error) => Err(error.into()),
     }
 }

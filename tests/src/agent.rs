@@ -10,7 +10,7 @@ use std::{
 use netguard::maps::Maps;
 
 use crate::{
-    lab::{Netns, command_in},
+    lab::{Netns, command_in_netns},
     unique_tag, wait_for,
 };
 
@@ -61,9 +61,27 @@ pub struct Agent {
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
     pub config_path: PathBuf,
+    /// Network namespace it runs in; `None`: the host's.
+    netns: Option<PathBuf>,
+    /// The log line that says it is ready.
+    ready: &'static str,
 }
 
 impl Agent {
+    /// Starts the agent in the host's namespaces and waits until it has synced with Docker.
+    pub fn start_on_host(config: &str, config_path: PathBuf) -> Self {
+        std::fs::write(&config_path, config).expect("writing the agent config");
+        let mut agent = Self {
+            child: None,
+            log: Arc::new(Mutex::new(Vec::new())),
+            config_path,
+            netns: None,
+            ready: "Docker: in sync",
+        };
+        agent.spawn();
+        agent
+    }
+
     /// Starts the agent and waits until it reports the policy is enforced.
     pub fn start(netns: &Netns, config: &str, config_path: PathBuf) -> Self {
         std::fs::write(&config_path, config).expect("writing the agent config");
@@ -71,13 +89,19 @@ impl Agent {
             child: None,
             log: Arc::new(Mutex::new(Vec::new())),
             config_path,
+            netns: Some(netns.path()),
+            ready: "netguard ready",
         };
-        agent.spawn(netns);
+        agent.spawn();
         agent
     }
 
-    fn spawn(&mut self, netns: &Netns) {
-        let mut child = command_in(netguard_bin(), netns, None)
+    fn spawn(&mut self) {
+        let mut command = match &self.netns {
+            Some(path) => command_in_netns(netguard_bin(), path),
+            None => std::process::Command::new(netguard_bin()),
+        };
+        let mut child = command
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env("NETGUARD_LOG", "info")
@@ -93,7 +117,8 @@ impl Agent {
             }
         });
         self.child = Some(child);
-        let runs = self.count("netguard ready") + 1;
+        let ready = self.ready;
+        let runs = self.count(ready) + 1;
         wait_for("the agent to be ready", || {
             if let Some(status) = self
                 .child
@@ -105,14 +130,14 @@ impl Agent {
                     self.log.lock().unwrap()
                 );
             }
-            self.count("netguard ready") >= runs
+            self.count(ready) >= runs
         });
     }
 
-    /// Restarts the agent (after a kill) in `netns` with the same configuration.
-    pub fn restart(&mut self, netns: &Netns) {
+    /// Restarts the agent (after a kill) where it ran, with the same configuration.
+    pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart after kill");
-        self.spawn(netns);
+        self.spawn();
     }
 
     /// SIGKILL: the agent gets no chance to clean up.

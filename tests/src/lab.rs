@@ -202,6 +202,22 @@ impl Default for Lab {
     }
 }
 
+/// A command that starts inside the network namespace at `netns` (a path).
+pub fn command_in_netns(program: impl AsRef<std::ffi::OsStr>, netns: &Path) -> Command {
+    let ns_file = File::open(netns).expect("open netns");
+    let mut command = Command::new(program);
+    // SAFETY: only an async-signal-safe syscall between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
 /// A command that starts inside `netns` and, if given, inside `cgroup` (both joined between
 /// fork and exec, so the program's first packet is already subject to them).
 pub fn command_in(

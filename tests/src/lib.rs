@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod cgroups;
+pub mod docker;
 pub mod lab;
 pub mod probe;
 pub mod sniffer;

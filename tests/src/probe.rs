@@ -23,7 +23,7 @@ pub struct ProbeResult {
 }
 
 /// ng-probe is built beside the test binaries (`target/<profile>/ng-probe`; tests run from
-/// `target/<profile>/deps`).
+/// `target/<profile>/deps`) by `cargo xtask test` (`cargo build -p ng-probe`).
 fn probe_path() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let profile_dir = exe

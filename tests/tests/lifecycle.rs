@@ -10,6 +10,9 @@ use netguard_tests::{
     sniffer::Sniffer,
 };
 
+/// Links each start reports: six cgroup programs, the cgroup_mkdir classifier, one backstop.
+const PER_START: usize = 8;
+
 fn blocked_to_internet(s: &Setup) {
     let result = probe(
         &s.lab.client,
@@ -30,7 +33,7 @@ fn enforcement_outlives_the_agent_and_a_restart_adopts_it_without_gap_or_double_
 
     s.agent.terminate();
     blocked_to_internet(&s);
-    s.agent.restart(&s.lab.router);
+    s.agent.restart();
 
     s.agent.kill9();
     blocked_to_internet(&s);
@@ -51,7 +54,7 @@ fn enforcement_outlives_the_agent_and_a_restart_adopts_it_without_gap_or_double_
                 &["udp", &addr(INTERNET_V4), "7001", "3000", "8"],
             )
         });
-        s.agent.restart(&s.lab.router);
+        s.agent.restart();
         handle.join().unwrap()
     });
     assert_eq!(
@@ -63,10 +66,10 @@ fn enforcement_outlives_the_agent_and_a_restart_adopts_it_without_gap_or_double_
     let restarted = s.agent.log_lines("outcome=");
     assert_eq!(
         restarted.len(),
-        3 * 7,
-        "six cgroup programs and one backstop per start: {restarted:#?}"
+        3 * PER_START,
+        "six cgroup programs, the classifier and one backstop per start: {restarted:#?}"
     );
-    let last_run = &restarted[2 * 7..];
+    let last_run = &restarted[2 * PER_START..];
     assert!(
         last_run.iter().all(|line| line.contains("outcome=Adopted")),
         "the restarted agent must adopt the pinned programs, not attach new ones: {last_run:#?}"

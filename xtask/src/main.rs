@@ -11,7 +11,13 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 /// Debian packages the build and the lab need.
-const PACKAGES: [&str; 3] = ["iproute2", "wireguard-go", "wireguard-tools"];
+const PACKAGES: [&str; 5] = [
+    "iproute2",
+    "wireguard-go",
+    "wireguard-tools",
+    "docker.io",
+    "busybox-static",
+];
 /// Debian packages bpf-linker links against (only needed to build it).
 const LLVM_PACKAGES: [&str; 3] = ["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -100,7 +106,16 @@ fn test(root: &Path, lab: &[String]) -> Result<()> {
     ]);
     totals.run(&mut unit)?;
     step("building the agent and the probe for the lab");
-    cargo(&["build", "-p", "netguard", "-p", "netguard-tests", "--bins"])?;
+    cargo(&["build", "-p", "netguard", "-p", "ng-probe"])?;
+    step("building the static probe for the test image");
+    let host = host_triple()?;
+    run_checked(
+        Command::new("cargo")
+            .args(["build", "--release", "-p", "ng-probe", "--target", &host])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env("CARGO_TARGET_DIR", root.join("target/static")),
+    )?;
+    ensure_dockerd(root)?;
     step("privileged tests, one at a time");
     let mut command = Command::new("cargo");
     command.args(["test", "-p", "netguard-tests"]);
@@ -110,10 +125,13 @@ fn test(root: &Path, lab: &[String]) -> Result<()> {
     command
         .args(["--", "--test-threads=1"])
         .env("NETGUARD_BIN", root.join("target/debug/netguard"))
+        .env(
+            "NG_PROBE_STATIC",
+            root.join(format!("target/static/{host}/release/ng-probe")),
+        )
         .env("RUST_BACKTRACE", "1");
     if !is_root() {
         // Run the test binaries (not cargo) as root.
-        let host = host_triple()?;
         let runner = format!(
             "CARGO_TARGET_{}_RUNNER",
             host.to_uppercase().replace('-', "_")
@@ -236,6 +254,34 @@ fn install_missing() -> Result<()> {
                 .env("LLVM_PREFIX", LLVM_PREFIX)
                 .env("PATH", path),
         )?;
+    }
+    Ok(())
+}
+
+/// Starts dockerd (Debian's docker.io) unless a daemon answers, and waits for it.
+fn ensure_dockerd(root: &Path) -> Result<()> {
+    let answers = || {
+        Command::new("docker")
+            .args(["version", "--format", "{{.Server.Version}}"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if answers() {
+        return Ok(());
+    }
+    step("starting dockerd");
+    let log = std::fs::File::create(root.join("target/dockerd.log"))?;
+    privileged("dockerd")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting dockerd (apt-get install docker.io)")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !answers() {
+        if std::time::Instant::now() > deadline {
+            bail!("dockerd did not answer within 2 minutes: see target/dockerd.log");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
     Ok(())
 }

@@ -162,7 +162,7 @@ fn config(
     let mut internal: Vec<&str> = LAN_CIDRS.to_vec();
     internal.extend(CLIENT_SUBNETS);
     let mut text = format!(
-        "pin_dir = {:?}\nattach_cgroups = [{:?}]\ninternal_cidrs = [{}]\n",
+        "pin_dir = {:?}\ndocker = false\nattach_cgroups = [{:?}]\ninternal_cidrs = [{}]\n",
         pin.path.display().to_string(),
         cgroups.path.display().to_string(),
         quoted(&internal),

@@ -10,6 +10,8 @@
 //! ng-probe stream ADDR PORT             connect, then per stdin line "send N": send N bytes
 //! ng-probe udp-recv PORT COUNT          print "ready", wait for COUNT datagrams
 //! ```
+//!
+//! With `NG_PROBE_RETRY_MS=N` an operation refused with EPERM is repeated for up to N ms.
 
 use std::{
     io::{self, BufRead as _, Write as _},
@@ -21,7 +23,26 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let started = Instant::now();
-    let outcome = match args.as_slice() {
+    // NG_PROBE_RETRY_MS: repeat the whole operation while it is refused with EPERM, up to that
+    // long (an unprotected container is held only until the agent has classified it).
+    let retry_for = std::env::var("NG_PROBE_RETRY_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or_default();
+    loop {
+        let outcome = run(&args);
+        let refused = outcome.error.as_ref().and_then(io::Error::raw_os_error) == Some(libc::EPERM);
+        if !refused || started.elapsed() >= retry_for {
+            report(&outcome, started.elapsed());
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn run(args: &[&str]) -> Outcome {
+    match args {
         ["tcp", addr, port, bytes] => tcp(sock(addr, port), bytes.parse().unwrap()),
         ["udp", addr, port, count, size] => udp(
             sock(addr, port),
@@ -46,11 +67,10 @@ fn main() {
         ["stream", addr, port] => stream(sock(addr, port)),
         ["udp-recv", port, count] => udp_recv(port.parse().unwrap(), count.parse().unwrap()),
         _ => {
-            eprintln!("usage: see the doc comment of tests/src/bin/ng-probe.rs");
+            eprintln!("usage: see the doc comment of tests/probe/src/main.rs");
             std::process::exit(2);
         }
-    };
-    report(&outcome, started.elapsed());
+    }
 }
 
 /// What happened: `Ok(units)` (bytes, datagrams...) or the first error, after `done` units.

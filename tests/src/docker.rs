@@ -1,0 +1,299 @@
+//! Real Docker in the lab: containers from a locally built image (`FROM scratch`: busybox
+//! and the static ng-probe), under a cgroup parent the test owns, on the default bridge.
+//! The root namespace reaches the lab's internet and LAN hosts only through the test's own
+//! veth to the router; everything else in the test ranges stays unreachable.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
+
+use crate::{
+    TempDir,
+    cgroups::TestCgroup,
+    lab::{Lab, Netns},
+    probe::ProbeResult,
+    sh, sh_quiet,
+};
+
+/// Label on every test container, image and network (what cleanup looks for).
+pub const TEST_LABEL: &str = "netguard.test=1";
+const IMAGE: &str = "netguard-test/probe:latest";
+/// Root namespace end of the host link to the router.
+pub const HOST_LINK_V4: &str = "198.18.7.1";
+const ROUTER_LINK_V4: &str = "198.18.7.2";
+/// Subnets the root namespace routes into the lab: the internet host's and the LAN's.
+const ROUTED: [&str; 2] = ["198.18.2.0/24", "198.18.3.0/24"];
+
+pub struct DockerLab {
+    pub lab: Lab,
+    /// The cgroup every test container is created under (`--cgroup-parent`).
+    pub parent: TestCgroup,
+    host_link: String,
+}
+
+impl DockerLab {
+    pub fn new() -> Self {
+        let output = Command::new("docker")
+            .args(["version", "--format", "{{.Server.Version}}"])
+            .output();
+        assert!(
+            output.is_ok_and(|o| o.status.success()),
+            "no Docker daemon answers: run the tests through `cargo xtask test`, which starts one"
+        );
+        build_image();
+        let lab = Lab::new();
+        let host_link = format!("ngt{}h", lab.tag);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &host_link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "to-host",
+            "netns",
+            &lab.router.name,
+        ]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{HOST_LINK_V4}/24"),
+            "dev",
+            &host_link,
+        ]);
+        sh(&["ip", "link", "set", &host_link, "up"]);
+        lab.router.ip(&[
+            "addr",
+            "add",
+            &format!("{ROUTER_LINK_V4}/24"),
+            "dev",
+            "to-host",
+        ]);
+        lab.router.ip(&["link", "set", "to-host", "up"]);
+        for subnet in ROUTED {
+            sh(&[
+                "ip",
+                "route",
+                "add",
+                subnet,
+                "via",
+                ROUTER_LINK_V4,
+                "dev",
+                &host_link,
+            ]);
+        }
+        Self {
+            lab,
+            parent: TestCgroup::new_parent(),
+            host_link,
+        }
+    }
+
+    /// `--cgroup-parent` value: the parent's path below the cgroup2 root.
+    fn cgroup_parent(&self) -> String {
+        format!(
+            "/{}",
+            self.parent.path.file_name().unwrap().to_string_lossy()
+        )
+    }
+
+    fn run_args(&self, labels: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = ["--label", TEST_LABEL, "--label"]
+            .map(String::from)
+            .to_vec();
+        args.push(format!("ngt.lab={}", self.lab.tag));
+        args.extend(["--cgroup-parent".into(), self.cgroup_parent()]);
+        for label in labels {
+            args.extend(["--label".into(), label.to_string()]);
+        }
+        args
+    }
+
+    /// `docker run` a probe to completion in a fresh container; its report.
+    pub fn run_probe(&self, labels: &[&str], probe_args: &[&str]) -> ProbeResult {
+        let mut command = Command::new("docker");
+        command
+            .args(["run", "--rm"])
+            .args(self.run_args(labels))
+            .arg(IMAGE)
+            .arg("ng-probe")
+            .args(probe_args);
+        parse_report(command.output().expect("docker run"))
+    }
+
+    /// `docker run` a shell script (of ng-probe calls) in a fresh container; every report.
+    pub fn run_script(&self, labels: &[&str], env: &[&str], script: &str) -> Vec<ProbeResult> {
+        let mut command = Command::new("docker");
+        command.args(["run", "--rm"]).args(self.run_args(labels));
+        for var in env {
+            command.args(["-e", var]);
+        }
+        command.args([IMAGE, "sh", "-c", script]);
+        let output = command.output().expect("docker run");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {stdout:?}")))
+            .collect()
+    }
+
+    /// A long-running container (`sleep`); returns its id.
+    pub fn start(&self, labels: &[&str], extra: &[&str]) -> String {
+        let mut command = Command::new("docker");
+        command
+            .args(["run", "-d"])
+            .args(self.run_args(labels))
+            .args(extra)
+            .args([IMAGE, "sleep", "3600"]);
+        let output = command.output().expect("docker run -d");
+        assert!(
+            output.status.success(),
+            "docker run -d: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// `docker exec` the probe in a running container.
+    pub fn exec_probe(&self, container: &str, probe_args: &[&str]) -> ProbeResult {
+        let output = Command::new("docker")
+            .args(["exec", container, "ng-probe"])
+            .args(probe_args)
+            .output()
+            .expect("docker exec");
+        parse_report(output)
+    }
+
+    /// The container's IPv4 address on the default bridge.
+    pub fn ip(&self, container: &str) -> String {
+        docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", container])
+            .trim()
+            .to_string()
+    }
+
+    /// The cgroup v2 id of a running container.
+    pub fn cgroup_id(&self, container: &str) -> u64 {
+        let pid = docker(&["inspect", "-f", "{{.State.Pid}}", container])
+            .trim()
+            .to_string();
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let relative = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        let root = netguard::cgroup::cgroup2_root().unwrap();
+        TestCgroup::id(&root.join(relative.trim_start_matches('/')))
+    }
+
+    pub fn router(&self) -> &Netns {
+        &self.lab.router
+    }
+}
+
+impl Default for DockerLab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for DockerLab {
+    fn drop(&mut self) {
+        let filter = format!("label=ngt.lab={}", self.lab.tag);
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+        {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            if !ids.is_empty() {
+                let mut command = Command::new("docker");
+                command.args(["rm", "-f"]).args(&ids);
+                let _ = command.output();
+            }
+        }
+        // Docker made the parent in every cgroup v1 hierarchy too.
+        let name = self.parent.path.file_name().unwrap().to_owned();
+        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+            for entry in entries.flatten() {
+                let dir = entry.path().join(&name);
+                if dir.is_dir() && dir != self.parent.path {
+                    remove_cgroup_tree(&dir);
+                }
+            }
+        }
+        sh_quiet(&["ip", "link", "del", &self.host_link]);
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.path().is_dir() {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+fn docker(args: &[&str]) -> String {
+    let mut full = vec!["docker"];
+    full.extend_from_slice(args);
+    sh(&full)
+}
+
+fn parse_report(output: std::process::Output) -> ProbeResult {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!(
+            "probe in a container: {e}: stdout {stdout:?} stderr {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// The static probe built by `cargo xtask test`.
+fn static_probe() -> PathBuf {
+    let path = std::env::var_os("NG_PROBE_STATIC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/static/x86_64-unknown-linux-gnu/release/ng-probe")
+        });
+    assert!(
+        path.exists(),
+        "{} missing: run through `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// Builds the test image once per test process: busybox (Debian's busybox-static) and the
+/// static probe, `FROM scratch` (no registry is reachable).
+fn build_image() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = TempDir::new("image");
+        std::fs::copy("/bin/busybox", dir.path.join("busybox")).expect("busybox-static installed");
+        std::fs::copy(static_probe(), dir.path.join("ng-probe")).unwrap();
+        std::fs::write(
+            dir.path.join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY ng-probe /bin/ng-probe\n\
+             RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nLABEL netguard.test=1\n",
+        )
+        .unwrap();
+        sh(&[
+            "docker",
+            "build",
+            "-q",
+            "-t",
+            IMAGE,
+            &dir.path.to_string_lossy(),
+        ]);
+    });
+}

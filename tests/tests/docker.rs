@@ -1,0 +1,281 @@
+//! Label-driven protection with a real dockerd: what containers can reach, from their first
+//! packet, whatever the agent is doing.
+
+use netguard_tests::{
+    agent::{Agent, PinDir, pinned_maps},
+    docker::DockerLab,
+    lab::{INTERNET_V4, LAN_V4, addr},
+    probe::EPERM,
+    sniffer::Sniffer,
+    wait_for,
+};
+
+const PROTECTED: &str = "vpn=required";
+
+/// The agent on the host, attached at the lab's container parent, following Docker.
+fn agent(lab: &DockerLab, pin: &PinDir) -> Agent {
+    let config = format!(
+        "pin_dir = {:?}\nattach_cgroups = [{:?}]\ninternal_cidrs = [\"198.18.3.0/24\"]\n",
+        pin.path.display().to_string(),
+        lab.parent.path.display().to_string(),
+    );
+    let path = std::env::temp_dir().join(format!("ngt{}-docker.toml", lab.lab.tag));
+    Agent::start_on_host(&config, path)
+}
+
+#[test]
+fn labeled_container_reaches_internal_hosts_only_and_unlabeled_reaches_both() {
+    let lab = DockerLab::new();
+    let pin = PinDir::new();
+    let _agent = agent(&lab, &pin);
+    let (internet, lan) = (
+        Sniffer::start(&lab.lab.internet),
+        Sniffer::start(&lab.lab.lan),
+    );
+
+    let blocked = lab.run_probe(
+        &[PROTECTED],
+        &["udp", &addr(INTERNET_V4), "7001", "3", "20"],
+    );
+    assert_eq!((blocked.errno, blocked.done), (EPERM, 0), "{blocked:?}");
+    let tcp = lab.run_probe(&[PROTECTED], &["tcp", &addr(INTERNET_V4), "7001", "10"]);
+    assert_eq!(tcp.errno, EPERM, "{tcp:?}");
+    let internal = lab.run_probe(&[PROTECTED], &["udp", &addr(LAN_V4), "7001", "3", "20"]);
+    assert!(internal.ok, "{internal:?}");
+
+    let open = lab.run_probe(&[], &["udp", &addr(INTERNET_V4), "7002", "3", "20"]);
+    assert!(open.ok, "{open:?}");
+    let open_lan = lab.run_probe(&[], &["udp", &addr(LAN_V4), "7002", "3", "20"]);
+    assert!(open_lan.ok, "{open_lan:?}");
+
+    wait_for("the unlabeled container's datagrams", || {
+        internet.count(|a| a.dst_port == 7002) == 3
+    });
+    wait_for("both containers' LAN datagrams", || {
+        lan.count(|a| a.dst_port == 7001) == 3 && lan.count(|a| a.dst_port == 7002) == 3
+    });
+    assert_eq!(
+        internet.count(|a| a.dst_port == 7001),
+        0,
+        "the labeled container reached the internet"
+    );
+    let _ = pinned_maps(&pin);
+}
+
+#[test]
+fn fifty_fresh_labeled_containers_never_leak_their_first_packets() {
+    let lab = DockerLab::new();
+    let pin = PinDir::new();
+    let _agent = agent(&lab, &pin);
+    let internet = Sniffer::start(&lab.lab.internet);
+    let protected_sink = netguard_tests::sniffer::TcpSink::start(&lab.lab.internet, 7003);
+    let control_sink = netguard_tests::sniffer::TcpSink::start(&lab.lab.internet, 7004);
+    let inet = addr(INTERNET_V4);
+    let leak = format!("ng-probe dns {inet} udp; ng-probe tcp {inet} 7003 10");
+    let control = format!("ng-probe udp {inet} 7004 1 8; ng-probe tcp {inet} 7004 10");
+    for round in 0..50 {
+        let reports = lab.run_script(&[PROTECTED], &[], &leak);
+        assert_eq!(reports.len(), 2, "round {round}");
+        assert!(
+            reports.iter().all(|r| r.errno == EPERM),
+            "round {round}: {reports:?}"
+        );
+        let reports = lab.run_script(&[], &["NG_PROBE_RETRY_MS=10000"], &control);
+        assert!(
+            reports.iter().all(|r| r.ok),
+            "round {round}: the unlabeled control: {reports:?}"
+        );
+    }
+    wait_for("all 50 control datagrams and connections", || {
+        internet.count(|a| a.dst_port == 7004 && a.proto == 17) == 50
+            && control_sink
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 50
+    });
+    assert_eq!(
+        internet.count(|a| a.dst_port == 53 || a.dst_port == 7003),
+        0,
+        "a first packet leaked"
+    );
+    assert_eq!(
+        protected_sink
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[test]
+fn raw_frames_from_a_protected_container_never_arrive() {
+    let lab = DockerLab::new();
+    let pin = PinDir::new();
+    let _agent = agent(&lab, &pin);
+    let internet = Sniffer::start(&lab.lab.internet);
+    let marker = b"netguard raw frame";
+    let gateway_mac = std::fs::read_to_string("/sys/class/net/docker0/address")
+        .unwrap()
+        .trim()
+        .to_string();
+
+    let open = lab.start(&[], &[]);
+    let sent = lab.exec_probe(
+        &open,
+        &[
+            "raw-frame",
+            "eth0",
+            &gateway_mac,
+            &lab.ip(&open),
+            &addr(INTERNET_V4),
+            "7777",
+        ],
+    );
+    assert!(sent.ok, "{sent:?}");
+    wait_for("the unlabeled container's raw frame", || {
+        internet.with_payload(marker) == 1
+    });
+
+    let protected = lab.start(&[PROTECTED], &[]);
+    let cgroup = lab.cgroup_id(&protected);
+    // The map entry is written before the link is attached; the pinned link is the sign
+    // that the backstop is in place.
+    wait_for(
+        "the backstop attached to the protected container's veth",
+        || {
+            pinned_maps(&pin)
+                .backstops()
+                .unwrap()
+                .iter()
+                .any(|(ifindex, owner)| {
+                    *owner == cgroup && pin.path.join(format!("links/tc{ifindex}")).exists()
+                })
+        },
+    );
+    let sent = lab.exec_probe(
+        &protected,
+        &[
+            "raw-frame",
+            "eth0",
+            &gateway_mac,
+            &lab.ip(&protected),
+            &addr(INTERNET_V4),
+            "7777",
+        ],
+    );
+    assert!(
+        sent.ok,
+        "AF_PACKET sendto() succeeds; the frame is dropped on the wire: {sent:?}"
+    );
+    wait_for("the backstop drop", || {
+        pinned_maps(&pin)
+            .counters(cgroup)
+            .unwrap()
+            .is_some_and(|c| c.blocked_packets.iter().sum::<u64>() >= 1)
+    });
+    let counters = pinned_maps(&pin)
+        .counters(cgroup)
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(
+        counters.blocked_packets[netguard_common::BlockReason::NotAllowed as usize],
+        1,
+        "{counters:?}"
+    );
+    // A later frame from the unlabeled container overtakes nothing: the protected one is gone.
+    let again = lab.exec_probe(
+        &open,
+        &[
+            "raw-frame",
+            "eth0",
+            &gateway_mac,
+            &lab.ip(&open),
+            &addr(INTERNET_V4),
+            "7777",
+        ],
+    );
+    assert!(again.ok);
+    wait_for("the second unlabeled frame", || {
+        internet.with_payload(marker) == 2
+    });
+    assert_eq!(
+        internet.with_payload(marker),
+        2,
+        "the protected container's raw frame arrived"
+    );
+}
+
+#[test]
+fn containers_running_before_the_agent_starts_are_protected() {
+    let lab = DockerLab::new();
+    let pin = PinDir::new();
+    let internet = Sniffer::start(&lab.lab.internet);
+    let early = lab.start(&[PROTECTED], &[]);
+    let _agent = agent(&lab, &pin);
+    let policy = pinned_maps(&pin).policies().unwrap();
+    let cgroup = lab.cgroup_id(&early);
+    assert!(
+        policy
+            .iter()
+            .any(|(id, p)| *id == cgroup && p.is_protected() && !p.is_unclassified()),
+        "the early container's cgroup {cgroup} is protected: {policy:?}"
+    );
+    let blocked = lab.exec_probe(&early, &["udp", &addr(INTERNET_V4), "7005", "3", "8"]);
+    assert_eq!(blocked.errno, EPERM, "{blocked:?}");
+    let ok = lab.exec_probe(&early, &["udp", &addr(LAN_V4), "7005", "1", "8"]);
+    assert!(ok.ok, "{ok:?}");
+    let control = lab.run_probe(&[], &["udp", &addr(INTERNET_V4), "7006", "1", "8"]);
+    assert!(control.ok);
+    wait_for("the control datagram", || {
+        internet.count(|a| a.dst_port == 7006) == 1
+    });
+    assert_eq!(internet.count(|a| a.dst_port == 7005), 0);
+}
+
+#[test]
+fn a_labeled_container_started_while_the_agent_is_down_is_protected_from_its_first_packet() {
+    let lab = DockerLab::new();
+    let pin = PinDir::new();
+    let mut agent = agent(&lab, &pin);
+    let internet = Sniffer::start(&lab.lab.internet);
+    agent.kill9();
+
+    let container = lab.start(&[PROTECTED], &[]);
+    let udp = lab.exec_probe(&container, &["udp", &addr(INTERNET_V4), "7007", "3", "8"]);
+    let tcp = lab.exec_probe(&container, &["tcp", &addr(INTERNET_V4), "7007", "10"]);
+    assert_eq!((udp.errno, tcp.errno), (EPERM, EPERM), "{udp:?} {tcp:?}");
+    let cgroup = lab.cgroup_id(&container);
+    let before = pinned_maps(&pin).policies().unwrap();
+    assert!(
+        before
+            .iter()
+            .any(|(id, p)| *id == cgroup && p.is_unclassified()),
+        "held as unclassified while the agent is away: {before:?}"
+    );
+    let counters = pinned_maps(&pin)
+        .counters(cgroup)
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(
+        counters.refused_calls[netguard_common::BlockReason::Unclassified as usize],
+        4
+    );
+
+    agent.restart();
+    let after = pinned_maps(&pin).policies().unwrap();
+    assert!(
+        after
+            .iter()
+            .any(|(id, p)| *id == cgroup && p.is_protected() && !p.is_unclassified()),
+        "classified as protected once the agent is back: {after:?}"
+    );
+    let control = lab.run_probe(&[], &["udp", &addr(INTERNET_V4), "7008", "1", "8"]);
+    assert!(control.ok);
+    wait_for("the control datagram", || {
+        internet.count(|a| a.dst_port == 7008) == 1
+    });
+    assert_eq!(
+        internet.count(|a| a.dst_port == 7007),
+        0,
+        "the unclassified container leaked"
+    );
+}
