@@ -65,3 +65,34 @@ pub fn ifindex(interface: &str) -> io::Result<u32> {
         index => Ok(index),
     }
 }
+
+/// Whether `interface` (in the calling thread's namespace) is administratively up and has
+/// carrier (IFF_UP and IFF_RUNNING).
+pub fn interface_up(interface: &str) -> io::Result<bool> {
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = interface.as_bytes();
+    if name.len() >= request.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    for (dst, src) in request.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: a socket and an ioctl on a zeroed ifreq with a NUL-terminated name.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request);
+        let error = io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(error);
+        }
+        let flags = request.ifr_ifru.ifru_flags as libc::c_int;
+        Ok(flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0)
+    }
+}

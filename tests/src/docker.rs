@@ -24,7 +24,8 @@ const IMAGE: &str = "netguard-test/probe:latest";
 pub const HOST_LINK_V4: &str = "198.18.7.1";
 const ROUTER_LINK_V4: &str = "198.18.7.2";
 /// Subnets the root namespace routes into the lab: the internet host's and the LAN's.
-const ROUTED: [&str; 2] = ["198.18.2.0/24", "198.18.3.0/24"];
+/// and the VPN provider's (for tunnels from containers).
+const ROUTED: [&str; 3] = ["198.18.2.0/24", "198.18.3.0/24", "198.18.4.0/24"];
 
 pub struct DockerLab {
     pub lab: Lab,
@@ -174,6 +175,14 @@ impl DockerLab {
         docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", container])
             .trim()
             .to_string()
+    }
+
+    /// The host pid of a running container's first process.
+    pub fn pid(&self, container: &str) -> u32 {
+        docker(&["inspect", "-f", "{{.State.Pid}}", container])
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     /// The cgroup v2 id of a running container.

@@ -2,13 +2,13 @@
 //! provider namespace, which forwards to the internet host.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
 };
 
 use crate::{
     TempDir,
-    lab::{Lab, Netns, TUNNEL_CLIENT_V4, TUNNEL_PROVIDER_V4, VPN_V4, command_in},
+    lab::{Lab, TUNNEL_CLIENT_V4, TUNNEL_PROVIDER_V4, VPN_V4, command_in_netns},
     sh, wait_for,
 };
 
@@ -24,20 +24,25 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
+    /// A tunnel from the lab's client namespace.
     pub fn up(lab: &Lab) -> Self {
-        let client_if = format!("wg{}c", lab.tag);
+        Self::from_netns(&lab.client.path(), &format!("wg{}c", lab.tag), lab)
+    }
+
+    /// A tunnel from the network namespace at `client_netns` (e.g. a container's
+    /// `/proc/<pid>/ns/net`), whose interface is `client_if`, to the lab's VPN provider.
+    pub fn from_netns(client_netns: &Path, client_if: &str, lab: &Lab) -> Self {
         let provider_if = format!("wg{}p", lab.tag);
-        let dir = TempDir::new("wg");
         let mut tunnel = Self {
-            client_if,
+            client_if: client_if.to_string(),
             provider_if,
             daemons: Vec::new(),
-            dir,
+            dir: TempDir::new("wg"),
         };
         let (client_key, client_pub) = tunnel.keypair("client");
         let (provider_key, provider_pub) = tunnel.keypair("provider");
-        tunnel.start_daemon(&lab.client, &tunnel.client_if.clone());
-        tunnel.start_daemon(&lab.vpn, &tunnel.provider_if.clone());
+        tunnel.start_daemon(client_netns, &tunnel.client_if.clone());
+        tunnel.start_daemon(&lab.vpn.path(), &tunnel.provider_if.clone());
         sh(&[
             "wg",
             "set",
@@ -66,14 +71,17 @@ impl Tunnel {
             "persistent-keepalive",
             "1",
         ]);
-        lab.client.ip(&[
-            "addr",
-            "add",
-            &format!("{TUNNEL_CLIENT_V4}/24"),
-            "dev",
-            &tunnel.client_if,
-        ]);
-        lab.client.ip(&["link", "set", &tunnel.client_if, "up"]);
+        ip_in(
+            client_netns,
+            &[
+                "addr",
+                "add",
+                &format!("{TUNNEL_CLIENT_V4}/24"),
+                "dev",
+                &tunnel.client_if,
+            ],
+        );
+        ip_in(client_netns, &["link", "set", &tunnel.client_if, "up"]);
         lab.vpn.ip(&[
             "addr",
             "add",
@@ -109,8 +117,8 @@ impl Tunnel {
         )
     }
 
-    fn start_daemon(&mut self, netns: &Netns, interface: &str) {
-        let child = command_in("wireguard-go", netns, None)
+    fn start_daemon(&mut self, netns: &Path, interface: &str) {
+        let child = command_in_netns("wireguard-go", netns)
             .args(["-f", interface])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -138,4 +146,18 @@ impl Drop for Tunnel {
             let _ = std::fs::remove_file(format!("/var/run/wireguard/{interface}.sock"));
         }
     }
+}
+
+/// `ip ARGS` inside the network namespace at `netns`.
+pub fn ip_in(netns: &Path, args: &[&str]) {
+    let output = command_in_netns("ip", netns)
+        .args(args)
+        .output()
+        .expect("running ip");
+    assert!(
+        output.status.success(),
+        "ip {args:?} in {}: {}",
+        netns.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

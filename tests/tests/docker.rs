@@ -279,3 +279,154 @@ fn a_labeled_container_started_while_the_agent_is_down_is_protected_from_its_fir
         "the unclassified container leaked"
     );
 }
+
+#[test]
+fn containers_sharing_a_gateway_netns_use_its_tunnel_and_nothing_else() {
+    use netguard_tests::{
+        lab::TUNNEL_CLIENT_V4,
+        wireguard::{Tunnel, ip_in},
+    };
+    let lab = DockerLab::new();
+    let pin = PinDir::new();
+    let _agent = agent(&lab, &pin);
+    let internet = Sniffer::start(&lab.lab.internet);
+    let wg = format!("wg{}g", lab.lab.tag);
+    let gateway = lab.start(
+        &[
+            "netguard.role=vpn-gateway",
+            "netguard.endpoints=198.18.4.2:51820/udp",
+            &format!("netguard.tunnel={wg}"),
+        ],
+        &[],
+    );
+    let netns = netguard::docker::inventory::netns_of(lab.pid(&gateway));
+    let _tunnel = Tunnel::from_netns(&netns, &wg, &lab.lab);
+    ip_in(&netns, &["route", "add", "198.18.2.0/24", "dev", &wg]);
+    let tunnel_up = |up: u32| {
+        pinned_maps(&pin)
+            .gateways()
+            .unwrap()
+            .iter()
+            .any(|(_, _, state)| state.tunnel_up == up && state.tunnel_ifindex != 0)
+    };
+    wait_for("the agent to see the gateway's tunnel up", || tunnel_up(1));
+
+    let shared = format!("container:{gateway}");
+    let first = lab.start(&[PROTECTED], &["--network", &shared]);
+    let second = lab.start(&[PROTECTED], &["--network", &shared]);
+    let (first_cgroup, second_cgroup) = (lab.cgroup_id(&first), lab.cgroup_id(&second));
+    // At create only the labels are known; the gateway comes with the start reconcile.
+    wait_for("both containers classified behind the gateway", || {
+        let policies = pinned_maps(&pin).policies().unwrap();
+        [first_cgroup, second_cgroup].iter().all(|cg| {
+            policies
+                .iter()
+                .any(|(id, p)| id == cg && p.gateway != 0 && !p.is_unclassified())
+        })
+    });
+    let through = lab.exec_probe(&first, &["udp", &addr(INTERNET_V4), "7010", "3", "8"]);
+    assert!(through.ok, "through the tunnel: {through:?}");
+    let through = lab.exec_probe(&second, &["udp", &addr(INTERNET_V4), "7011", "5", "8"]);
+    assert!(through.ok, "through the tunnel: {through:?}");
+    wait_for("the tunnelled datagrams", || {
+        internet.count(|a| a.dst_port == 7010 && a.src == TUNNEL_CLIENT_V4) == 3
+            && internet.count(|a| a.dst_port == 7011 && a.src == TUNNEL_CLIENT_V4) == 5
+    });
+    // Two containers in one network namespace, counted apart: 8 + 8 + 20 bytes each.
+    let counters = |cgroup| {
+        pinned_maps(&pin)
+            .counters(cgroup)
+            .unwrap()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        (
+            counters(first_cgroup).tx_packets,
+            counters(first_cgroup).tx_bytes
+        ),
+        (3, 3 * 36)
+    );
+    assert_eq!(
+        (
+            counters(second_cgroup).tx_packets,
+            counters(second_cgroup).tx_bytes
+        ),
+        (5, 5 * 36)
+    );
+
+    // A raw frame from the shared namespace meets the backstop on the gateway's veth.
+    let gateway_mac = std::fs::read_to_string("/sys/class/net/docker0/address")
+        .unwrap()
+        .trim()
+        .to_string();
+    wait_for("the backstop attached to the gateway's veth", || {
+        pinned_maps(&pin)
+            .backstops()
+            .unwrap()
+            .iter()
+            .any(|(ifindex, owner)| {
+                [first_cgroup, second_cgroup].contains(owner)
+                    && pin.path.join(format!("links/tc{ifindex}")).exists()
+            })
+    });
+    let raw = lab.exec_probe(
+        &first,
+        &[
+            "raw-frame",
+            "eth0",
+            &gateway_mac,
+            &lab.ip(&gateway),
+            &addr(INTERNET_V4),
+            "7777",
+        ],
+    );
+    assert!(raw.ok, "{raw:?}");
+    wait_for("the backstop drop", || {
+        counters(first_cgroup).blocked_packets.iter().sum::<u64>()
+            + counters(second_cgroup).blocked_packets.iter().sum::<u64>()
+            == 1
+    });
+
+    // Gluetun's own firewall failing: the tunnel goes down and eth0 becomes the route.
+    ip_in(&netns, &["link", "set", &wg, "down"]);
+    let bridge_gateway = docker_bridge_gateway();
+    ip_in(
+        &netns,
+        &[
+            "route",
+            "replace",
+            "198.18.2.0/24",
+            "via",
+            &bridge_gateway,
+            "dev",
+            "eth0",
+        ],
+    );
+    wait_for("the agent to see the tunnel down", || tunnel_up(0));
+    let udp = lab.exec_probe(&first, &["udp", &addr(INTERNET_V4), "7012", "3", "8"]);
+    let tcp = lab.exec_probe(&second, &["tcp", &addr(INTERNET_V4), "7012", "10"]);
+    assert_eq!((udp.errno, tcp.errno), (EPERM, EPERM), "{udp:?} {tcp:?}");
+    let control = lab.run_probe(&[], &["udp", &addr(INTERNET_V4), "7013", "1", "8"]);
+    assert!(control.ok);
+    wait_for("the control datagram", || {
+        internet.count(|a| a.dst_port == 7013) == 1
+    });
+    assert_eq!(
+        internet.count(|a| a.dst_port == 7012 || a.dst_port == 7777),
+        0,
+        "something got out around the tunnel"
+    );
+    let refused =
+        counters(first_cgroup).refused_calls[netguard_common::BlockReason::TunnelDown as usize];
+    assert_eq!(refused, 3, "refused because the tunnel is down");
+}
+
+/// The default bridge's gateway address: docker0's IPv4 address.
+fn docker_bridge_gateway() -> String {
+    let out = netguard_tests::sh(&["ip", "-4", "-br", "addr", "show", "docker0"]);
+    let cidr = out
+        .split_whitespace()
+        .nth(2)
+        .expect("docker0 has an IPv4 address");
+    cidr.split('/').next().unwrap().to_string()
+}

@@ -36,6 +36,8 @@ use labels::ContainerLabels;
 
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often gateways' tunnel interfaces are looked at again.
+const TUNNEL_REFRESH: Duration = Duration::from_secs(1);
 
 /// What the watcher must leave alone and start from.
 pub struct WatchOptions {
@@ -53,10 +55,22 @@ pub struct WatchOptions {
 #[derive(Debug, Default)]
 struct Tracked {
     name: String,
+    /// For a gateway: its process, labels and tunnel as last seen.
+    gateway: Option<TrackedGateway>,
     cgroup: Option<CgroupId>,
     backstops: Vec<u32>,
     protected: bool,
     reported: HashSet<String>,
+}
+
+/// A tunnel interface and whether it is up and running.
+type SeenTunnel = Option<(TunnelInterface, bool)>;
+
+#[derive(Clone, Debug)]
+struct TrackedGateway {
+    pid: u32,
+    labels: ContainerLabels,
+    tunnel: SeenTunnel,
 }
 
 pub struct Watcher {
@@ -118,13 +132,23 @@ impl Watcher {
         ));
         self.full_sync(&docker).await?;
         *backoff = Duration::from_secs(1);
-        while let Some(event) = events.next().await {
-            let event = event.context("reading the Docker event stream")?;
-            if let Err(error) = self.on_event(&docker, event).await {
-                warn!("handling a Docker event: {error:#}");
+        let mut refresh = tokio::time::interval(TUNNEL_REFRESH);
+        loop {
+            tokio::select! {
+                event = events.next() => {
+                    let Some(event) = event else { return Ok(()) };
+                    let event = event.context("reading the Docker event stream")?;
+                    if let Err(error) = self.on_event(&docker, event).await {
+                        warn!("handling a Docker event: {error:#}");
+                    }
+                }
+                _ = refresh.tick() => {
+                    if let Err(error) = self.refresh_tunnels() {
+                        warn!("looking at gateways' tunnels: {error:#}");
+                    }
+                }
             }
         }
-        Ok(())
     }
 
     /// Reconciles every container and the internal networks with what Docker says now.
@@ -270,7 +294,7 @@ impl Watcher {
             }
         }
         if parsed.is_gateway {
-            self.reconcile_gateway(&name, &parsed, pid)?;
+            self.reconcile_gateway(id, &name, &parsed, pid.filter(|_| running))?;
         }
         let shared_with = network_mode.strip_prefix("container:").map(str::to_string);
         let policy = self.policy_for(&parsed, shared_with.as_deref());
@@ -365,28 +389,72 @@ impl Watcher {
 
     fn reconcile_gateway(
         &mut self,
+        id: &ContainerId,
         name: &str,
         parsed: &ContainerLabels,
         pid: Option<u32>,
     ) -> Result<()> {
-        let tunnel = match pid {
-            Some(pid) => find_tunnel(pid, &parsed.tunnel_interfaces),
-            None => None,
-        };
-        let spec = GatewaySpec {
-            tunnel,
-            endpoints: parsed.endpoints.clone(),
-        };
-        let id = self.datapath.maps.set_gateway(name, &spec)?;
-        // Until tunnel health (a later issue) decides, a present tunnel interface is "up".
-        self.datapath.maps.set_tunnel_state(id, tunnel.is_some())?;
-        if self.gateways.insert(name.to_string(), id).is_none() {
+        let tunnel = pid.and_then(|pid| find_tunnel(pid, &parsed.tunnel_interfaces));
+        let slot = self.apply_gateway(name, parsed, tunnel)?;
+        if let Some(tracked) = self.containers.get_mut(id) {
+            tracked.gateway = Some(TrackedGateway {
+                pid: pid.unwrap_or(0),
+                labels: parsed.clone(),
+                tunnel,
+            });
+        }
+        if self.gateways.insert(name.to_string(), slot).is_none() {
             info!(
                 gateway = name,
-                slot = id.0,
-                tunnel = tunnel.is_some(),
+                slot = slot.0,
+                tunnel_up = tunnel.is_some_and(|(_, up)| up),
                 "VPN gateway"
             );
+        }
+        Ok(())
+    }
+
+    /// Writes a gateway's slot: endpoints, tunnel interface, and (until tunnel health, a
+    /// later issue, decides) "up" while the interface is present, up and running.
+    fn apply_gateway(
+        &mut self,
+        name: &str,
+        parsed: &ContainerLabels,
+        tunnel: Option<(TunnelInterface, bool)>,
+    ) -> Result<GatewayId> {
+        let spec = GatewaySpec {
+            tunnel: tunnel.map(|(t, _)| t),
+            endpoints: parsed.endpoints.clone(),
+        };
+        let slot = self.datapath.maps.set_gateway(name, &spec)?;
+        self.datapath
+            .maps
+            .set_tunnel_state(slot, tunnel.is_some_and(|(_, up)| up))?;
+        Ok(slot)
+    }
+
+    /// Looks at every gateway's tunnel interface again and records changes.
+    fn refresh_tunnels(&mut self) -> Result<()> {
+        let gateways: Vec<(ContainerId, String, TrackedGateway)> = self
+            .containers
+            .iter()
+            .filter_map(|(id, t)| Some((id.clone(), t.name.clone(), t.gateway.clone()?)))
+            .filter(|(_, _, g)| g.pid != 0)
+            .collect();
+        for (id, name, mut gateway) in gateways {
+            let now = find_tunnel(gateway.pid, &gateway.labels.tunnel_interfaces);
+            if now != gateway.tunnel {
+                info!(
+                    gateway = name,
+                    tunnel_up = now.is_some_and(|(_, up)| up),
+                    "tunnel interface changed"
+                );
+                self.apply_gateway(&name, &gateway.labels, now)?;
+                gateway.tunnel = now;
+                if let Some(tracked) = self.containers.get_mut(&id) {
+                    tracked.gateway = Some(gateway);
+                }
+            }
         }
         Ok(())
     }
@@ -417,6 +485,15 @@ impl Watcher {
     /// The container stopped: its cgroup is gone; its registration stays so that a restart
     /// is classified at once; counters stay until it is destroyed.
     fn stopped(&mut self, id: &ContainerId) -> Result<()> {
+        let Some(tracked) = self.containers.get_mut(id) else {
+            return Ok(());
+        };
+        // A stopped gateway has no tunnel: down at once for everyone behind it.
+        if let Some(gateway) = tracked.gateway.take() {
+            let name = tracked.name.clone();
+            self.apply_gateway(&name, &gateway.labels, None)?;
+            info!(gateway = name, "gateway stopped: tunnel down");
+        }
         let Some(tracked) = self.containers.get_mut(id) else {
             return Ok(());
         };
@@ -494,15 +571,20 @@ impl Watcher {
     }
 }
 
-/// The first of `names` present in the network namespace of `pid`.
-fn find_tunnel(pid: u32, names: &[String]) -> Option<TunnelInterface> {
+/// The first of `names` present in the network namespace of `pid`, and whether it is up.
+fn find_tunnel(pid: u32, names: &[String]) -> SeenTunnel {
     netns::run_in(&inventory::netns_of(pid), || {
         let cookie = netns::current_cookie().ok()?;
         names.iter().find_map(|name| {
-            netns::ifindex(name).ok().map(|ifindex| TunnelInterface {
-                ifindex,
-                netns_cookie: cookie,
-            })
+            let ifindex = netns::ifindex(name).ok()?;
+            let up = netns::interface_up(name).unwrap_or(false);
+            Some((
+                TunnelInterface {
+                    ifindex,
+                    netns_cookie: cookie,
+                },
+                up,
+            ))
         })
     })
     .ok()
