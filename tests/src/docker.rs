@@ -143,6 +143,19 @@ impl DockerLab {
             .collect()
     }
 
+    /// An unlabeled control container running a probe: it may be held (EPERM) only until the
+    /// agent has classified it, so the probe retries for that long.
+    pub fn run_control(&self, probe_args: &[&str]) -> ProbeResult {
+        let mut command = Command::new("docker");
+        command
+            .args(["run", "--rm", "-e", "NG_PROBE_RETRY_MS=10000"])
+            .args(self.run_args(&[]))
+            .arg(IMAGE)
+            .arg("ng-probe")
+            .args(probe_args);
+        parse_report(command.output().expect("docker run"))
+    }
+
     /// A long-running container (`sleep`); returns its id.
     pub fn start(&self, labels: &[&str], extra: &[&str]) -> String {
         let mut command = Command::new("docker");
@@ -305,4 +318,34 @@ fn build_image() {
             &dir.path.to_string_lossy(),
         ]);
     });
+}
+
+/// Restarts the Docker daemon: through systemd where it manages docker, else by SIGTERM and
+/// starting `dockerd` again in a session of its own (it is the machine's daemon, not the
+/// test's: it must outlive the test). Returns once the new daemon answers.
+pub fn restart_dockerd(log: &Path) {
+    let answers = || {
+        Command::new("docker")
+            .args(["version", "--format", "{{.Server.Version}}"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let systemd = Command::new("systemctl")
+        .args(["is-active", "--quiet", "docker"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if systemd {
+        sh(&["systemctl", "restart", "docker"]);
+    } else {
+        let pid = sh(&["pidof", "dockerd"]).trim().to_string();
+        sh(&["kill", "-TERM", &pid]);
+        crate::wait_for("the old dockerd to exit", || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+        });
+        // Through a shell that exits at once: dockerd is the machine's, not our child.
+        let script = format!("setsid dockerd > '{}' 2>&1 < /dev/null &", log.display());
+        sh(&["sh", "-c", &script]);
+    }
+    crate::wait_for("dockerd to answer again", answers);
 }

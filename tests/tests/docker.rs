@@ -43,9 +43,9 @@ fn labeled_container_reaches_internal_hosts_only_and_unlabeled_reaches_both() {
     let internal = lab.run_probe(&[PROTECTED], &["udp", &addr(LAN_V4), "7001", "3", "20"]);
     assert!(internal.ok, "{internal:?}");
 
-    let open = lab.run_probe(&[], &["udp", &addr(INTERNET_V4), "7002", "3", "20"]);
+    let open = lab.run_control(&["udp", &addr(INTERNET_V4), "7002", "3", "20"]);
     assert!(open.ok, "{open:?}");
-    let open_lan = lab.run_probe(&[], &["udp", &addr(LAN_V4), "7002", "3", "20"]);
+    let open_lan = lab.run_control(&["udp", &addr(LAN_V4), "7002", "3", "20"]);
     assert!(open_lan.ok, "{open_lan:?}");
 
     wait_for("the unlabeled container's datagrams", || {
@@ -223,7 +223,7 @@ fn containers_running_before_the_agent_starts_are_protected() {
     assert_eq!(blocked.errno, EPERM, "{blocked:?}");
     let ok = lab.exec_probe(&early, &["udp", &addr(LAN_V4), "7005", "1", "8"]);
     assert!(ok.ok, "{ok:?}");
-    let control = lab.run_probe(&[], &["udp", &addr(INTERNET_V4), "7006", "1", "8"]);
+    let control = lab.run_control(&["udp", &addr(INTERNET_V4), "7006", "1", "8"]);
     assert!(control.ok);
     wait_for("the control datagram", || {
         internet.count(|a| a.dst_port == 7006) == 1
@@ -268,7 +268,7 @@ fn a_labeled_container_started_while_the_agent_is_down_is_protected_from_its_fir
             .any(|(id, p)| *id == cgroup && p.is_protected() && !p.is_unclassified()),
         "classified as protected once the agent is back: {after:?}"
     );
-    let control = lab.run_probe(&[], &["udp", &addr(INTERNET_V4), "7008", "1", "8"]);
+    let control = lab.run_control(&["udp", &addr(INTERNET_V4), "7008", "1", "8"]);
     assert!(control.ok);
     wait_for("the control datagram", || {
         internet.count(|a| a.dst_port == 7008) == 1
@@ -406,7 +406,7 @@ fn containers_sharing_a_gateway_netns_use_its_tunnel_and_nothing_else() {
     let udp = lab.exec_probe(&first, &["udp", &addr(INTERNET_V4), "7012", "3", "8"]);
     let tcp = lab.exec_probe(&second, &["tcp", &addr(INTERNET_V4), "7012", "10"]);
     assert_eq!((udp.errno, tcp.errno), (EPERM, EPERM), "{udp:?} {tcp:?}");
-    let control = lab.run_probe(&[], &["udp", &addr(INTERNET_V4), "7013", "1", "8"]);
+    let control = lab.run_control(&["udp", &addr(INTERNET_V4), "7013", "1", "8"]);
     assert!(control.ok);
     wait_for("the control datagram", || {
         internet.count(|a| a.dst_port == 7013) == 1
@@ -429,4 +429,176 @@ fn docker_bridge_gateway() -> String {
         .nth(2)
         .expect("docker0 has an IPv4 address");
     cidr.split('/').next().unwrap().to_string()
+}
+
+#[test]
+fn dockerd_restarting_under_a_running_agent_leaves_consistent_state() {
+    let lab = DockerLab::new();
+    let pin = PinDir::new();
+    let agent = agent(&lab, &pin);
+    let internet = Sniffer::start(&lab.lab.internet);
+    let container = lab.start(&[PROTECTED], &["--restart", "always"]);
+    let old_cgroup = lab.cgroup_id(&container);
+    let syncs = agent.count("Docker: in sync");
+
+    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dockerd-restarted.log");
+    netguard_tests::docker::restart_dockerd(&log);
+    wait_for("the container to be running again", || {
+        let out = std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Running}}", &container])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "true"
+    });
+    wait_for("the agent to reconnect and resync", || {
+        agent.count("Docker: in sync") > syncs
+    });
+    let new_cgroup = lab.cgroup_id(&container);
+    assert_ne!(
+        old_cgroup, new_cgroup,
+        "a restarted container has a new cgroup"
+    );
+    wait_for(
+        "the new cgroup classified as protected and the old one gone",
+        || {
+            let policies = pinned_maps(&pin).policies().unwrap();
+            policies
+                .iter()
+                .any(|(id, p)| *id == new_cgroup && p.is_protected() && !p.is_unclassified())
+                && !policies.iter().any(|(id, _)| *id == old_cgroup)
+        },
+    );
+    let blocked = lab.exec_probe(&container, &["udp", &addr(INTERNET_V4), "7020", "3", "8"]);
+    assert_eq!(blocked.errno, EPERM, "{blocked:?}");
+    let control = lab.run_control(&["udp", &addr(INTERNET_V4), "7021", "1", "8"]);
+    assert!(control.ok, "{control:?}");
+    wait_for("the control datagram", || {
+        internet.count(|a| a.dst_port == 7021) == 1
+    });
+    assert_eq!(internet.count(|a| a.dst_port == 7020), 0);
+}
+
+#[test]
+fn a_malformed_label_is_reported_and_the_container_stays_protected() {
+    let lab = DockerLab::new();
+    let pin = PinDir::new();
+    let agent = agent(&lab, &pin);
+    let internet = Sniffer::start(&lab.lab.internet);
+    // A typo'd CIDR and a typo'd key: both reported, neither loosens anything.
+    let container = lab.start(
+        &[
+            PROTECTED,
+            "netguard.allow=198.18.2.0/33",
+            "netguard.alow=198.18.2.0/24",
+        ],
+        &["--name", &format!("ngt{}-typo", lab.lab.tag)],
+    );
+    let name = format!("ngt{}-typo", lab.lab.tag);
+    wait_for(
+        "both problems reported, naming the container and the value",
+        || {
+            agent
+                .log_lines(&name)
+                .iter()
+                .any(|l| l.contains("198.18.2.0/33"))
+                && agent
+                    .log_lines(&name)
+                    .iter()
+                    .any(|l| l.contains("netguard.alow") && l.contains("netguard.allow"))
+        },
+    );
+    let blocked = lab.exec_probe(&container, &["udp", &addr(INTERNET_V4), "7030", "2", "8"]);
+    assert_eq!(blocked.errno, EPERM, "{blocked:?}");
+    let control = lab.run_control(&["udp", &addr(INTERNET_V4), "7031", "1", "8"]);
+    assert!(control.ok);
+    wait_for("the control datagram", || {
+        internet.count(|a| a.dst_port == 7031) == 1
+    });
+    assert_eq!(internet.count(|a| a.dst_port == 7030), 0);
+}
+
+#[test]
+fn restarts_crash_loops_and_renames_keep_protection_and_destroy_leaves_nothing() {
+    let lab = DockerLab::new();
+    let pin = PinDir::new();
+    let _agent = agent(&lab, &pin);
+    let internet = Sniffer::start(&lab.lab.internet);
+    let baseline_policies = pinned_maps(&pin).policies().unwrap().len();
+
+    // A crash loop whose every run first sends to the internet: new cgroup each time.
+    let inet = addr(INTERNET_V4);
+    let looping = {
+        let mut command = std::process::Command::new("docker");
+        command.args([
+            "run",
+            "-d",
+            "--restart",
+            "always",
+            "--label",
+            "netguard.test=1",
+            "--label",
+            &format!("ngt.lab={}", lab.lab.tag),
+        ]);
+        command.args([
+            "--cgroup-parent",
+            &format!(
+                "/{}",
+                lab.parent.path.file_name().unwrap().to_string_lossy()
+            ),
+        ]);
+        command.args([
+            "--label",
+            PROTECTED,
+            "netguard-test/probe:latest",
+            "sh",
+            "-c",
+            &format!("ng-probe udp {inet} 7040 1 8; exit 1"),
+        ]);
+        let out = command.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    wait_for("three restarts", || {
+        let out = std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.RestartCount}}", &looping])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u32>()
+            .is_ok_and(|n| n >= 3)
+    });
+    // docker restart and docker rename of a long-running one.
+    let steady = lab.start(&[PROTECTED], &[]);
+    netguard_tests::sh(&["docker", "restart", "-t", "0", &steady]);
+    netguard_tests::sh(&[
+        "docker",
+        "rename",
+        &steady,
+        &format!("ngt{}-renamed", lab.lab.tag),
+    ]);
+    let blocked = lab.exec_probe(&steady, &["udp", &inet, "7041", "2", "8"]);
+    assert_eq!(blocked.errno, EPERM, "{blocked:?}");
+    let control = lab.run_control(&["udp", &inet, "7042", "1", "8"]);
+    assert!(control.ok);
+    wait_for("the control datagram", || {
+        internet.count(|a| a.dst_port == 7042) == 1
+    });
+    assert_eq!(
+        internet.count(|a| a.dst_port == 7040 || a.dst_port == 7041),
+        0,
+        "a restart leaked"
+    );
+
+    netguard_tests::sh(&["docker", "rm", "-f", &looping, &steady]);
+    // 1,000 create/destroy cycles: registrations come and go, nothing accumulates.
+    let script = format!(
+        "seq 1000 | xargs -P 8 -I{{}} sh -c 'id=$(docker create --label netguard.test=1 --label ngt.lab={} --label vpn=required netguard-test/probe:latest true) && docker rm $id >/dev/null'",
+        lab.lab.tag
+    );
+    netguard_tests::sh(&["sh", "-c", &script]);
+    wait_for("every registration and policy entry gone", || {
+        let maps = pinned_maps(&pin);
+        maps.registered_containers().unwrap().is_empty()
+            && maps.policies().unwrap().len() == baseline_policies
+    });
 }

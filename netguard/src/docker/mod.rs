@@ -230,8 +230,16 @@ impl Watcher {
                     "start" | "restart" | "unpause" | "rename" | "update" => {
                         self.reconcile(docker, &id).await
                     }
-                    "die" | "kill" | "stop" => self.stopped(&id),
-                    "destroy" => self.forget(&id),
+                    // A cgroup the classifier gave an entry may die before it was ever
+                    // reconciled (crash loops): collect entries of vanished cgroups too.
+                    "die" => {
+                        self.stopped(&id)?;
+                        self.collect_garbage()
+                    }
+                    "destroy" => {
+                        self.forget(&id)?;
+                        self.collect_garbage()
+                    }
                     _ => Ok(()),
                 }
             }
