@@ -158,12 +158,18 @@ impl DockerLab {
 
     /// A long-running container (`sleep`); returns its id.
     pub fn start(&self, labels: &[&str], extra: &[&str]) -> String {
+        self.start_with(labels, extra, &["sleep", "3600"])
+    }
+
+    /// A detached container running `command`; returns its id.
+    pub fn start_with(&self, labels: &[&str], extra: &[&str], command_line: &[&str]) -> String {
         let mut command = Command::new("docker");
         command
             .args(["run", "-d"])
             .args(self.run_args(labels))
             .args(extra)
-            .args([IMAGE, "sleep", "3600"]);
+            .arg(IMAGE)
+            .args(command_line);
         let output = command.output().expect("docker run -d");
         assert!(
             output.status.success(),

@@ -602,3 +602,82 @@ fn restarts_crash_loops_and_renames_keep_protection_and_destroy_leaves_nothing()
             && maps.policies().unwrap().len() == baseline_policies
     });
 }
+
+#[test]
+fn a_network_created_under_a_running_agent_becomes_internal() {
+    let lab = DockerLab::new();
+    let pin = PinDir::new();
+    let _agent = agent(&lab, &pin);
+    let network = format!("ngt{}-net", lab.lab.tag);
+    let subnet = "172.31.213.0/24";
+    netguard_tests::sh(&[
+        "docker",
+        "network",
+        "create",
+        "--label",
+        "netguard.test=1",
+        "--subnet",
+        subnet,
+        &network,
+    ]);
+    let _remove = NetworkGuard {
+        network: network.clone(),
+        lab: lab.lab.tag.clone(),
+    };
+    wait_for("the new network's subnet to be internal", || {
+        pinned_maps(&pin)
+            .scope_cidrs(0)
+            .unwrap()
+            .contains(&subnet.parse().unwrap())
+    });
+    let peer = lab.start_with(
+        &[],
+        &["--network", &network],
+        &["ng-probe", "udp-recv", "6000", "4"],
+    );
+    let peer_ip = netguard_tests::sh(&[
+        "docker",
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+        &peer,
+    ]);
+    let peer_cgroup = lab.cgroup_id(&peer);
+    let protected = lab.start(&[PROTECTED], &["--network", &network]);
+    let sent = lab.exec_probe(&protected, &["udp", peer_ip.trim(), "6000", "4", "100"]);
+    assert!(
+        sent.ok,
+        "to a peer on the protected container's own network: {sent:?}"
+    );
+    let exit = netguard_tests::sh(&["docker", "wait", &peer]);
+    assert_eq!(exit.trim(), "0", "the peer received all four datagrams");
+    // The unprotected peer is counted too: 4 datagrams, 128-byte IP packets.
+    let counters = pinned_maps(&pin)
+        .counters(peer_cgroup)
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(
+        (counters.rx_packets, counters.rx_bytes),
+        (4, 4 * 128),
+        "{counters:?}"
+    );
+    let blocked = lab.exec_probe(&protected, &["udp", &addr(INTERNET_V4), "7050", "1", "8"]);
+    assert_eq!(blocked.errno, EPERM, "{blocked:?}");
+}
+
+/// Removes a test network on drop, after the lab's containers attached to it.
+struct NetworkGuard {
+    network: String,
+    lab: String,
+}
+
+impl Drop for NetworkGuard {
+    fn drop(&mut self) {
+        let filter = format!("label=ngt.lab={}", self.lab);
+        let script = format!(
+            "docker ps -aq --filter {filter} | xargs -r docker rm -f >/dev/null; docker network rm {}",
+            self.network
+        );
+        netguard_tests::sh_quiet(&["sh", "-c", &script]);
+    }
+}
