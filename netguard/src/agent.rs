@@ -90,11 +90,17 @@ pub fn start(config: &Config) -> Result<Started> {
         .collect::<Result<Vec<_>>>()?;
 
     let mut datapath = Datapath::load(&config.pin_dir)?;
-    let outcome = datapath.attach_classifier()?;
-    info!(
-        ?outcome,
-        "container cgroup classifier (cgroup:cgroup_mkdir)"
-    );
+    // The classifier holds unknown container cgroups until the Docker watcher classifies
+    // them: only with a watcher.
+    if config.docker_socket.is_some() {
+        let outcome = datapath.attach_classifier()?;
+        info!(
+            ?outcome,
+            "container cgroup classifier (cgroup:cgroup_mkdir)"
+        );
+    } else {
+        datapath.detach_classifier()?;
+    }
     for cgroup in &attach {
         for (program, outcome) in datapath.attach_cgroup(cgroup)? {
             info!(cgroup = %cgroup.path.display(), program, ?outcome, "cgroup program");

@@ -222,6 +222,11 @@ impl Datapath {
         self.attach_backstop(&name, cgroup)
     }
 
+    /// Detaches the classifier, if a previous run pinned one.
+    pub fn detach_classifier(&mut self) -> Result<()> {
+        remove_pin(&self.pin_dir.join("links").join("tp_cgroup_mkdir"))
+    }
+
     /// Removes the backstop from `ifindex`.
     pub fn detach_backstop(&mut self, ifindex: u32) -> Result<()> {
         let pin = self.pin_dir.join("links").join(format!("tc{ifindex}"));

@@ -381,9 +381,24 @@ impl Maps {
         Ok(id)
     }
 
-    /// Frees the gateway slot `id`. Cgroups still pointing at it see a missing slot, which
-    /// the datapath treats as a tunnel that is down.
+    /// Frees the gateway slot `id`. Every policy and registration pointing at it is first
+    /// rewritten to no gateway (stricter), so a slot reused later never hands another
+    /// gateway's allowances to them.
     pub fn remove_gateway(&mut self, id: GatewayId) -> Result<()> {
+        for (cgroup, mut policy) in self.policies()? {
+            if policy.gateway == id.0 {
+                policy.gateway = 0;
+                self.policy.insert(cgroup, policy, 0)?;
+            }
+        }
+        let registered: Vec<(ContainerKey, CgroupPolicy)> =
+            self.containers.iter().filter_map(Result::ok).collect();
+        for (key, mut policy) in registered {
+            if policy.gateway == id.0 {
+                policy.gateway = 0;
+                self.containers.insert(key, policy, 0)?;
+            }
+        }
         self.gateways.set(id.0, GatewayState::default(), 0)?;
         let keys: Vec<EndpointKey> = self
             .endpoints

@@ -387,6 +387,52 @@ fn containers_sharing_a_gateway_netns_use_its_tunnel_and_nothing_else() {
             == 1
     });
 
+    // The backstop's owner goes: the backstop stays, now for the other container.
+    let owner = |ifindex| {
+        pinned_maps(&pin)
+            .backstops()
+            .unwrap()
+            .into_iter()
+            .find(|(i, _)| *i == ifindex)
+            .map(|(_, o)| o)
+    };
+    let veth = pinned_maps(&pin)
+        .backstops()
+        .unwrap()
+        .into_iter()
+        .find(|(_, o)| [first_cgroup, second_cgroup].contains(o))
+        .unwrap()
+        .0;
+    let (gone, stays, stays_id) = if owner(veth) == Some(first_cgroup) {
+        (&first, second_cgroup, &second)
+    } else {
+        (&second, first_cgroup, &first)
+    };
+    netguard_tests::sh(&["docker", "rm", "-f", gone]);
+    wait_for("the backstop to move to the remaining container", || {
+        owner(veth) == Some(stays)
+    });
+    assert!(
+        pin.path.join(format!("links/tc{veth}")).exists(),
+        "still attached"
+    );
+    let before = counters(stays).blocked_packets.iter().sum::<u64>();
+    let raw = lab.exec_probe(
+        stays_id,
+        &[
+            "raw-frame",
+            "eth0",
+            &gateway_mac,
+            &lab.ip(&gateway),
+            &addr(INTERNET_V4),
+            "7777",
+        ],
+    );
+    assert!(raw.ok, "{raw:?}");
+    wait_for("the backstop drop for the remaining container", || {
+        counters(stays).blocked_packets.iter().sum::<u64>() == before + 1
+    });
+
     // Gluetun's own firewall failing: the tunnel goes down and eth0 becomes the route.
     ip_in(&netns, &["link", "set", &wg, "down"]);
     let bridge_gateway = docker_bridge_gateway();
@@ -403,8 +449,8 @@ fn containers_sharing_a_gateway_netns_use_its_tunnel_and_nothing_else() {
         ],
     );
     wait_for("the agent to see the tunnel down", || tunnel_up(0));
-    let udp = lab.exec_probe(&first, &["udp", &addr(INTERNET_V4), "7012", "3", "8"]);
-    let tcp = lab.exec_probe(&second, &["tcp", &addr(INTERNET_V4), "7012", "10"]);
+    let udp = lab.exec_probe(stays_id, &["udp", &addr(INTERNET_V4), "7012", "3", "8"]);
+    let tcp = lab.exec_probe(stays_id, &["tcp", &addr(INTERNET_V4), "7012", "10"]);
     assert_eq!((udp.errno, tcp.errno), (EPERM, EPERM), "{udp:?} {tcp:?}");
     let control = lab.run_control(&["udp", &addr(INTERNET_V4), "7013", "1", "8"]);
     assert!(control.ok);
@@ -416,9 +462,11 @@ fn containers_sharing_a_gateway_netns_use_its_tunnel_and_nothing_else() {
         0,
         "something got out around the tunnel"
     );
-    let refused =
-        counters(first_cgroup).refused_calls[netguard_common::BlockReason::TunnelDown as usize];
-    assert_eq!(refused, 3, "refused because the tunnel is down");
+    let refused = counters(stays).refused_calls[netguard_common::BlockReason::TunnelDown as usize];
+    assert_eq!(
+        refused, 4,
+        "3 datagrams and 1 connect() refused because the tunnel is down"
+    );
 }
 
 /// The default bridge's gateway address: docker0's IPv4 address.

@@ -462,3 +462,41 @@ fn backstop_judges_frames_by_their_destination() {
         TC_DROP
     );
 }
+
+#[test]
+fn removing_a_gateway_rewrites_its_references_before_the_slot_is_reused() {
+    let mut v = Verdicts::new();
+    let slot = v.datapath.maps.gateways().unwrap()[0].0;
+    let container: netguard::policy::ContainerId = "c".repeat(64).parse().unwrap();
+    let behind = netguard_common::CgroupPolicy {
+        flags: netguard_common::POLICY_PROTECTED,
+        gateway: slot.0,
+    };
+    v.datapath
+        .maps
+        .register_container(&container, behind)
+        .unwrap();
+    assert_eq!(
+        v.egress(&ipv4(ENDPOINT_V4, &[], 0, &udp(ENDPOINT_PORT, 4), None)),
+        PASS
+    );
+
+    v.datapath.maps.remove_gateway(slot).unwrap();
+    let other = GatewaySpec {
+        tunnel: None,
+        endpoints: vec!["198.18.6.6:1194/udp".parse().unwrap()],
+    };
+    let reused = v.datapath.maps.set_gateway("other", &other).unwrap();
+    assert_eq!(reused, slot, "the freed slot is reused");
+    // Neither the running cgroup nor the registration inherits the new gateway.
+    let policies = v.datapath.maps.policies().unwrap();
+    assert!(policies.iter().all(|(_, p)| p.gateway == 0), "{policies:?}");
+    let registered = v.datapath.maps.registered_containers().unwrap();
+    assert_eq!(registered[0].1.gateway, 0);
+    let to_new_endpoint = ipv4(Ipv4Addr::new(198, 18, 6, 6), &[], 0, &udp(1194, 4), None);
+    assert_eq!(v.egress(&to_new_endpoint), DROP);
+    assert_eq!(
+        v.egress(&ipv4(ENDPOINT_V4, &[], 0, &udp(ENDPOINT_PORT, 4), None)),
+        DROP
+    );
+}

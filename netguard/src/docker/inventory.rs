@@ -13,15 +13,33 @@ use crate::cgroup::{Cgroup, CgroupId};
 
 /// The cgroup v2 a process is in, from `/proc/<pid>/cgroup` (`0::<path>`), which names it
 /// the same way whatever the driver (cgroupfs or systemd) and parent.
-pub fn process_cgroup(root: &Path, pid: u32) -> Result<Cgroup> {
+/// When the container's init moved into a child cgroup of its own (systemd or Docker inside
+/// the container), the container's cgroup is the ancestor named after `container`.
+pub fn process_cgroup(root: &Path, pid: u32, container: &str) -> Result<Cgroup> {
     let file = format!("/proc/{pid}/cgroup");
     let text = fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
     let relative = text
         .lines()
         .find_map(|line| line.strip_prefix("0::"))
         .with_context(|| format!("{file} has no cgroup v2 line"))?;
-    let path = root.join(relative.trim_start_matches('/'));
+    let chosen = container_cgroup(relative, container);
+    let path = root.join(chosen.strip_prefix("/").unwrap_or(&chosen));
     Ok(Cgroup::resolve(root, &path)?)
+}
+
+/// The container's own cgroup within a process's cgroup path: the deepest component named
+/// `<id>` or `docker-<id>.scope`, else the whole path.
+fn container_cgroup(relative: &str, container: &str) -> PathBuf {
+    let mut path = PathBuf::from("/");
+    let mut named = None;
+    for component in Path::new(relative).components().skip(1) {
+        path.push(component);
+        let name = component.as_os_str().to_string_lossy();
+        if name == container || name == format!("docker-{container}.scope") {
+            named = Some(path.clone());
+        }
+    }
+    named.unwrap_or(path)
 }
 
 /// Host-side interface indexes of the veths in the network namespace of `pid`: each
@@ -38,11 +56,37 @@ pub fn host_side_veths(pid: u32) -> Result<Vec<u32>> {
         if let (Some(index), Some(link)) = (read("ifindex"), read("iflink"))
             && index != link
             && link != 0
+            && peer_points_back(link, index)
         {
             peers.push(link);
         }
     }
     Ok(peers)
+}
+
+/// The container's /sys is its own to forge (or a bind mount of the host's): accept a peer
+/// only if the host's own view agrees that interface `host` is linked to `container`.
+fn peer_points_back(host: u32, container: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has IF_NAMESIZE bytes.
+    if unsafe { libc::if_indextoname(host, name.as_mut_ptr()) }.is_null() {
+        return false;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    fs::read_to_string(format!("/sys/class/net/{name}/iflink"))
+        .ok()
+        .and_then(|l| l.trim().parse::<u32>().ok())
+        == Some(container)
+}
+
+/// Whether an interface with this index exists in the agent's network namespace.
+pub fn interface_exists(ifindex: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has IF_NAMESIZE bytes.
+    !unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null()
 }
 
 /// The network namespace file of `pid`.
@@ -141,6 +185,31 @@ pub fn cgroup_exists(root: &Path, id: CgroupId) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_container_cgroup_is_the_one_named_after_it() {
+        let id = "ab".repeat(32);
+        let cases = [
+            (format!("/docker/{id}"), format!("/docker/{id}")),
+            (format!("/docker/{id}/init"), format!("/docker/{id}")),
+            (
+                format!("/system.slice/docker-{id}.scope"),
+                format!("/system.slice/docker-{id}.scope"),
+            ),
+            (
+                format!("/my.slice/docker-{id}.scope/init.scope"),
+                format!("/my.slice/docker-{id}.scope"),
+            ),
+            ("/elsewhere/x".to_string(), "/elsewhere/x".to_string()),
+        ];
+        for (from, want) in cases {
+            assert_eq!(
+                super::container_cgroup(&from, &id),
+                std::path::PathBuf::from(want),
+                "{from}"
+            );
+        }
+    }
+
     #[test]
     fn connected_subnets_are_private_only() {
         for net in super::connected_private_subnets().unwrap() {

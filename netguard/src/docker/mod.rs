@@ -38,6 +38,9 @@ pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often gateways' tunnel interfaces are looked at again.
 const TUNNEL_REFRESH: Duration = Duration::from_secs(1);
+/// How often everything is reconciled again, whatever the events said (events can be lost;
+/// a reconcile can fail).
+const RESYNC: Duration = Duration::from_secs(30);
 
 /// What the watcher must leave alone and start from.
 pub struct WatchOptions {
@@ -57,7 +60,11 @@ struct Tracked {
     name: String,
     /// For a gateway: its process, labels and tunnel as last seen.
     gateway: Option<TrackedGateway>,
+    /// The cgroup of the running instance.
     cgroup: Option<CgroupId>,
+    /// Every cgroup its instances had (their counters go when the container is destroyed).
+    history: Vec<CgroupId>,
+    /// Host-side veths whose backstop it needs (shared with others in its namespace).
     backstops: Vec<u32>,
     protected: bool,
     reported: HashSet<String>,
@@ -78,6 +85,10 @@ pub struct Watcher {
     options: WatchOptions,
     containers: HashMap<ContainerId, Tracked>,
     gateways: HashMap<String, GatewayId>,
+    /// Unclassified cgroups seen at the last full sync that Docker did not account for.
+    unclassified_seen: HashSet<CgroupId>,
+    /// Set when a gateway appeared or moved: containers behind it are reconciled again.
+    resync_soon: bool,
     /// Malformed or unknown labels seen on containers, for the operator (and metrics).
     pub label_problems: u64,
 }
@@ -89,6 +100,8 @@ impl Watcher {
             options,
             containers: HashMap::new(),
             gateways: HashMap::new(),
+            unclassified_seen: HashSet::new(),
+            resync_soon: false,
             label_problems: 0,
         }
     }
@@ -133,6 +146,8 @@ impl Watcher {
         self.full_sync(&docker).await?;
         *backoff = Duration::from_secs(1);
         let mut refresh = tokio::time::interval(TUNNEL_REFRESH);
+        let mut resync = tokio::time::interval(RESYNC);
+        resync.tick().await;
         loop {
             tokio::select! {
                 event = events.next() => {
@@ -146,7 +161,11 @@ impl Watcher {
                     if let Err(error) = self.refresh_tunnels() {
                         warn!("looking at gateways' tunnels: {error:#}");
                     }
+                    if std::mem::take(&mut self.resync_soon) {
+                        self.full_sync(&docker).await?;
+                    }
                 }
+                _ = resync.tick() => self.full_sync(&docker).await?,
             }
         }
     }
@@ -194,7 +213,7 @@ impl Watcher {
                 self.datapath.maps.unregister_container(&id)?;
             }
         }
-        self.collect_garbage()?;
+        self.collect_garbage(true)?;
         let protected = self.containers.values().filter(|t| t.protected).count();
         info!(
             containers = self.containers.len(),
@@ -234,11 +253,11 @@ impl Watcher {
                     // reconciled (crash loops): collect entries of vanished cgroups too.
                     "die" => {
                         self.stopped(&id)?;
-                        self.collect_garbage()
+                        self.collect_garbage(false)
                     }
                     "destroy" => {
                         self.forget(&id)?;
-                        self.collect_garbage()
+                        self.collect_garbage(false)
                     }
                     _ => Ok(()),
                 }
@@ -311,7 +330,7 @@ impl Watcher {
         let (Some(pid), true) = (pid, running) else {
             return Ok(());
         };
-        let cgroup = match inventory::process_cgroup(&self.options.cgroup_root, pid) {
+        let cgroup = match inventory::process_cgroup(&self.options.cgroup_root, pid, id.as_str()) {
             Ok(cgroup) => cgroup,
             // It exited between inspect and now; its die event follows.
             Err(error) if !std::path::Path::new(&format!("/proc/{pid}")).exists() => {
@@ -325,7 +344,8 @@ impl Watcher {
         };
         let previous = self.containers.get(id).and_then(|t| t.cgroup);
         if let Some(old) = previous.filter(|old| *old != cgroup.id) {
-            self.datapath.maps.forget(old)?;
+            // A previous instance's cgroup: no process left to protect; counters kept.
+            self.datapath.maps.unprotect(old)?;
         }
         let gateway = (policy.gateway != 0).then_some(GatewayId(policy.gateway));
         if parsed.protected {
@@ -357,6 +377,9 @@ impl Watcher {
         }
         let tracked = self.containers.entry(id.clone()).or_default();
         tracked.cgroup = Some(cgroup.id);
+        if !tracked.history.contains(&cgroup.id) {
+            tracked.history.push(cgroup.id);
+        }
         tracked.protected = parsed.protected;
         tracked.backstops = backstops;
         Ok(())
@@ -402,6 +425,15 @@ impl Watcher {
         parsed: &ContainerLabels,
         pid: Option<u32>,
     ) -> Result<()> {
+        // Renamed: the slot under the old name goes (its references rewritten first).
+        let old_name = self
+            .containers
+            .get(id)
+            .filter(|t| t.gateway.is_some() && t.name != name)
+            .map(|t| t.name.clone());
+        if let Some(old) = old_name.and_then(|old| self.gateways.remove(&old)) {
+            self.datapath.maps.remove_gateway(old)?;
+        }
         let tunnel = pid.and_then(|pid| find_tunnel(pid, &parsed.tunnel_interfaces));
         let slot = self.apply_gateway(name, parsed, tunnel)?;
         if let Some(tracked) = self.containers.get_mut(id) {
@@ -411,7 +443,9 @@ impl Watcher {
                 tunnel,
             });
         }
-        if self.gateways.insert(name.to_string(), slot).is_none() {
+        if self.gateways.insert(name.to_string(), slot) != Some(slot) {
+            // Containers that name it, or share its namespace, get its slot.
+            self.resync_soon = true;
             info!(
                 gateway = name,
                 slot = slot.0,
@@ -484,8 +518,21 @@ impl Watcher {
         }
         let mut attached = Vec::new();
         for ifindex in inventory::host_side_veths(pid)? {
-            self.datapath.attach_backstop_index(ifindex, cgroup)?;
-            attached.push(ifindex);
+            match self.datapath.attach_backstop_index(ifindex, cgroup) {
+                Ok(_) => attached.push(ifindex),
+                // Retried at the next resync; sockets are enforced meanwhile.
+                Err(error) => warn!(
+                    container = name,
+                    ifindex, "attaching the backstop: {error:#}"
+                ),
+            }
+        }
+        if attached.is_empty() && network_mode != "none" {
+            warn!(
+                container = name,
+                "no veth of the container's namespace found on the host: raw frames from it are \
+                 not stopped (sockets are)"
+            );
         }
         Ok(attached)
     }
@@ -502,54 +549,100 @@ impl Watcher {
             self.apply_gateway(&name, &gateway.labels, None)?;
             info!(gateway = name, "gateway stopped: tunnel down");
         }
-        let Some(tracked) = self.containers.get_mut(id) else {
-            return Ok(());
-        };
-        for ifindex in std::mem::take(&mut tracked.backstops) {
-            self.datapath.detach_backstop(ifindex)?;
-        }
-        if let Some(cgroup) = tracked.cgroup.take() {
-            self.datapath.maps.unprotect(cgroup)?;
-        }
+        // Nothing else is removed here: a die event can be stale (the container may already
+        // run again); entries go when their cgroup and interfaces are really gone (GC).
         Ok(())
     }
 
+    /// The container is destroyed: its registration, every cgroup it had (policy and
+    /// counters) and its gateway slot go; its backstops are re-pointed or detached by GC.
     fn forget(&mut self, id: &ContainerId) -> Result<()> {
-        if let Some(tracked) = self.containers.remove(id) {
-            for ifindex in tracked.backstops {
-                self.datapath.detach_backstop(ifindex)?;
-            }
-            if let Some(cgroup) = tracked.cgroup {
-                self.datapath.maps.forget(cgroup)?;
-            }
-            if let Some(slot) = self.gateways.remove(&tracked.name) {
-                self.datapath.maps.remove_gateway(slot)?;
-            }
+        self.datapath.maps.unregister_container(id)?;
+        let Some(tracked) = self.containers.get(id) else {
+            return Ok(());
+        };
+        for cgroup in tracked.history.clone() {
+            self.datapath.maps.forget(cgroup)?;
         }
-        self.datapath.maps.unregister_container(id)
+        let name = tracked.name.clone();
+        if tracked.gateway.is_some()
+            && let Some(slot) = self.gateways.remove(&name)
+        {
+            self.datapath.maps.remove_gateway(slot)?;
+        }
+        self.containers.remove(id);
+        Ok(())
     }
 
-    /// Drops policy entries whose cgroup no longer exists (left by containers that came and
-    /// went while the agent was away). Entries of live cgroups stay, classified or not.
-    fn collect_garbage(&mut self) -> Result<()> {
-        let live: HashSet<CgroupId> = self.containers.values().filter_map(|t| t.cgroup).collect();
-        for (cgroup, _) in self.datapath.maps.policies()? {
-            if live.contains(&cgroup) || self.options.static_cgroups.contains(&cgroup) {
-                continue;
-            }
-            if !inventory::cgroup_exists(&self.options.cgroup_root, cgroup)? {
-                self.datapath.maps.forget(cgroup)?;
-            }
-        }
-        let owned: HashSet<u32> = self
+    /// Drops policy entries whose cgroup no longer exists (left by instances that came and
+    /// went, or while the agent was away), and keeps each backstop pointing at a live
+    /// protected owner of its interface, or detaches it when none is left. At a full sync,
+    /// an unclassified cgroup Docker did not account for at two syncs running is not a
+    /// Docker container: it is counted only from then on.
+    fn collect_garbage(&mut self, full_sync: bool) -> Result<()> {
+        let root = self.options.cgroup_root.clone();
+        let running: HashSet<CgroupId> =
+            self.containers.values().filter_map(|t| t.cgroup).collect();
+        let history: HashSet<CgroupId> = self
             .containers
             .values()
-            .flat_map(|t| t.backstops.iter().copied())
-            .chain(self.options.static_backstops.iter().copied())
+            .flat_map(|t| t.history.iter().copied())
             .collect();
-        for ifindex in self.datapath.pinned_backstops()? {
-            if !owned.contains(&ifindex) {
-                self.datapath.detach_backstop(ifindex)?;
+        let mut unclassified = HashSet::new();
+        for (cgroup, policy) in self.datapath.maps.policies()? {
+            if self.options.static_cgroups.contains(&cgroup) {
+                continue;
+            }
+            if !inventory::cgroup_exists(&root, cgroup)? {
+                if history.contains(&cgroup) {
+                    self.datapath.maps.unprotect(cgroup)?;
+                } else {
+                    self.datapath.maps.forget(cgroup)?;
+                }
+            } else if full_sync && policy.is_unclassified() && !running.contains(&cgroup) {
+                if self.unclassified_seen.contains(&cgroup) {
+                    warn!(
+                        cgroup,
+                        "a cgroup named like a container that Docker does not know: counting it only"
+                    );
+                    self.datapath.maps.count_only(cgroup)?;
+                } else {
+                    unclassified.insert(cgroup);
+                }
+            }
+        }
+        if full_sync {
+            self.unclassified_seen = unclassified;
+        }
+
+        let mut owners: HashMap<u32, Vec<CgroupId>> = HashMap::new();
+        for tracked in self.containers.values().filter(|t| t.protected) {
+            if let Some(cgroup) = tracked
+                .cgroup
+                .filter(|cg| inventory::cgroup_exists(&root, *cg).unwrap_or(true))
+            {
+                for ifindex in &tracked.backstops {
+                    owners.entry(*ifindex).or_default().push(cgroup);
+                }
+            }
+        }
+        let entries: HashMap<u32, CgroupId> = self.datapath.maps.backstops()?.into_iter().collect();
+        let mut interfaces: HashSet<u32> = entries.keys().copied().collect();
+        interfaces.extend(self.datapath.pinned_backstops()?);
+        for ifindex in interfaces {
+            if self.options.static_backstops.contains(&ifindex) {
+                continue;
+            }
+            match owners.get(&ifindex) {
+                Some(live) if inventory::interface_exists(ifindex) => {
+                    if !entries
+                        .get(&ifindex)
+                        .is_some_and(|owner| live.contains(owner))
+                    {
+                        self.datapath.maps.set_backstop(ifindex, live[0])?;
+                    }
+                }
+                _ => self.datapath.detach_backstop(ifindex)?,
             }
         }
         Ok(())
