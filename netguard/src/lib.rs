@@ -9,6 +9,7 @@ pub mod config;
 pub mod datapath;
 pub mod docker;
 pub mod events;
+pub mod health;
 pub mod maps;
 pub mod netns;
 pub mod policy;

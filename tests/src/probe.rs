@@ -64,8 +64,14 @@ pub struct LiveProbe {
 
 impl LiveProbe {
     pub fn start(netns: &Netns, cgroup: Option<&Path>, args: &[&str]) -> Self {
-        let mut child = command_in(probe_path(), netns, cgroup)
-            .args(args)
+        let mut command = command_in(probe_path(), netns, cgroup);
+        command.args(args);
+        Self::spawn(command)
+    }
+
+    /// Any command that runs ng-probe (e.g. `docker exec -i ... ng-probe ...`).
+    pub fn spawn(mut command: std::process::Command) -> Self {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -21,6 +21,8 @@ pub struct Tunnel {
     pub provider_if: String,
     daemons: Vec<Child>,
     dir: TempDir,
+    /// What restarting the provider needs.
+    provider: Option<(PathBuf, String, String)>,
 }
 
 impl Tunnel {
@@ -38,6 +40,7 @@ impl Tunnel {
             provider_if,
             daemons: Vec::new(),
             dir: TempDir::new("wg"),
+            provider: None,
         };
         let (client_key, client_pub) = tunnel.keypair("client");
         let (provider_key, provider_pub) = tunnel.keypair("provider");
@@ -71,6 +74,7 @@ impl Tunnel {
             "persistent-keepalive",
             "1",
         ]);
+        tunnel.provider = Some((lab.vpn.path(), provider_key.clone(), client_pub.clone()));
         ip_in(
             client_netns,
             &[
@@ -127,6 +131,45 @@ impl Tunnel {
         self.daemons.push(child);
         let socket = PathBuf::from(format!("/var/run/wireguard/{interface}.sock"));
         wait_for(&format!("wireguard-go {interface}"), || socket.exists());
+    }
+
+    /// Kills the VPN provider's side: the client's handshakes go stale.
+    pub fn stop_provider(&mut self) {
+        let mut provider = self.daemons.remove(1);
+        let _ = provider.kill();
+        let _ = provider.wait();
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.provider_if));
+    }
+
+    /// Starts the provider's side again, with the same key and peer.
+    pub fn start_provider(&mut self) {
+        let (vpn, key, client_pub) = self.provider.clone().expect("a provider");
+        let provider_if = self.provider_if.clone();
+        self.start_daemon(&vpn, &provider_if);
+        sh(&[
+            "wg",
+            "set",
+            &provider_if,
+            "private-key",
+            &key,
+            "listen-port",
+            &ENDPOINT_PORT.to_string(),
+            "peer",
+            &client_pub,
+            "allowed-ips",
+            &format!("{TUNNEL_CLIENT_V4}/32"),
+        ]);
+        ip_in(
+            &vpn,
+            &[
+                "addr",
+                "add",
+                &format!("{TUNNEL_PROVIDER_V4}/24"),
+                "dev",
+                &provider_if,
+            ],
+        );
+        ip_in(&vpn, &["link", "set", &provider_if, "up"]);
     }
 
     /// Whether a handshake has completed (the tunnel carries traffic).

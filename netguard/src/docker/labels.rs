@@ -2,7 +2,13 @@
 
 use ipnet::IpNet;
 
-use crate::{config::parse_cidr, policy::Endpoint};
+use std::{net::SocketAddr, time::Duration};
+
+use crate::{
+    config::parse_cidr,
+    health::{Combine, DEFAULT_GLUETUN, DEFAULT_HANDSHAKE_MAX_AGE, HealthPolicy, Source},
+    policy::Endpoint,
+};
 
 pub const VPN: &str = "vpn";
 pub const ROLE: &str = "netguard.role";
@@ -10,8 +16,30 @@ pub const GATEWAY: &str = "netguard.gateway";
 pub const ALLOW: &str = "netguard.allow";
 pub const TUNNEL: &str = "netguard.tunnel";
 pub const ENDPOINTS: &str = "netguard.endpoints";
+pub const HEALTH: &str = "netguard.health";
+pub const HEALTH_COMBINE: &str = "netguard.health.combine";
+pub const HEALTH_UP_AFTER: &str = "netguard.health.up-after";
+pub const HEALTH_DOWN_AFTER: &str = "netguard.health.down-after";
+pub const GLUETUN: &str = "netguard.gluetun";
+pub const GLUETUN_API_KEY: &str = "netguard.gluetun.apikey";
+pub const HANDSHAKE_MAX_AGE: &str = "netguard.handshake.max-age";
+pub const PROBE: &str = "netguard.probe";
 /// Every `netguard.*` key netguard reads.
-pub const KNOWN_NETGUARD_KEYS: [&str; 5] = [ROLE, GATEWAY, ALLOW, TUNNEL, ENDPOINTS];
+pub const KNOWN_NETGUARD_KEYS: [&str; 13] = [
+    ROLE,
+    GATEWAY,
+    ALLOW,
+    TUNNEL,
+    ENDPOINTS,
+    HEALTH,
+    HEALTH_COMBINE,
+    HEALTH_UP_AFTER,
+    HEALTH_DOWN_AFTER,
+    GLUETUN,
+    GLUETUN_API_KEY,
+    HANDSHAKE_MAX_AGE,
+    PROBE,
+];
 
 /// Default tunnel interfaces looked for in a gateway's namespace, in order.
 pub const DEFAULT_TUNNELS: [&str; 2] = ["wg0", "tun0"];
@@ -26,6 +54,8 @@ pub struct ContainerLabels {
     pub allow: Vec<IpNet>,
     pub tunnel_interfaces: Vec<String>,
     pub endpoints: Vec<Endpoint>,
+    /// Tunnel health for a gateway; `None` when no `netguard.health*` label says otherwise.
+    pub health: Option<HealthPolicy>,
     /// One line per malformed or unknown label, naming the key and the value.
     pub problems: Vec<String>,
 }
@@ -33,7 +63,8 @@ pub struct ContainerLabels {
 impl ContainerLabels {
     pub fn parse<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let mut parsed = Self::default();
-        for (key, value) in labels {
+        let all: Vec<(&str, &str)> = labels.into_iter().collect();
+        for &(key, value) in &all {
             match key {
                 VPN => {
                     parsed.protected = true;
@@ -83,6 +114,8 @@ impl ContainerLabels {
                         }
                     }
                 }
+                HEALTH | HEALTH_COMBINE | HEALTH_UP_AFTER | HEALTH_DOWN_AFTER | GLUETUN
+                | GLUETUN_API_KEY | HANDSHAKE_MAX_AGE | PROBE => {}
                 other if other.starts_with("netguard.") && other != "netguard.test" => {
                     parsed.problems.push(format!(
                         "unknown label {other:?}: known netguard labels are {}",
@@ -92,11 +125,95 @@ impl ContainerLabels {
                 _ => {}
             }
         }
+        parsed.health = health_policy(&all, &mut parsed.problems);
         if parsed.tunnel_interfaces.is_empty() {
             parsed.tunnel_interfaces = DEFAULT_TUNNELS.iter().map(|s| s.to_string()).collect();
         }
         parsed
     }
+}
+
+/// The health policy the labels ask for; every malformed value reads as down.
+fn health_policy(labels: &[(&str, &str)], problems: &mut Vec<String>) -> Option<HealthPolicy> {
+    let get = |key: &str| labels.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    if !labels
+        .iter()
+        .any(|(k, _)| k.starts_with(HEALTH) || [GLUETUN, HANDSHAKE_MAX_AGE, PROBE].contains(k))
+    {
+        return None;
+    }
+    let mut policy = HealthPolicy::default();
+    let gluetun: SocketAddr = match get(GLUETUN).unwrap_or(DEFAULT_GLUETUN).parse() {
+        Ok(address) => address,
+        Err(_) => {
+            problems.push(format!(
+                "label {GLUETUN}: {:?} is not ip:port",
+                get(GLUETUN).unwrap_or_default()
+            ));
+            DEFAULT_GLUETUN.parse().expect("valid default")
+        }
+    };
+    let max_age = match get(HANDSHAKE_MAX_AGE).map(str::parse::<u64>) {
+        None => DEFAULT_HANDSHAKE_MAX_AGE,
+        Some(Ok(seconds)) => Duration::from_secs(seconds),
+        Some(Err(_)) => {
+            problems.push(format!(
+                "label {HANDSHAKE_MAX_AGE}: not a number of seconds: using 0 (always stale)"
+            ));
+            Duration::ZERO
+        }
+    };
+    if let Some(list) = get(HEALTH) {
+        policy.sources = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|name| match name {
+                "interface" => Source::Interface,
+                "docker" => Source::DockerHealth,
+                "gluetun" => Source::Gluetun {
+                    address: gluetun,
+                    api_key: get(GLUETUN_API_KEY).map(String::from),
+                },
+                "handshake" => Source::Handshake { max_age },
+                "probe" => match get(PROBE).and_then(|p| p.parse().ok()) {
+                    Some(target) => Source::Probe { target },
+                    None => {
+                        problems.push(format!("label {HEALTH}: probe needs {PROBE}=ip:port"));
+                        Source::Misconfigured(format!("{PROBE} missing or invalid"))
+                    }
+                },
+                other => {
+                    problems.push(format!(
+                        "label {HEALTH}: unknown source {other:?} (known: interface, docker, gluetun, \
+                         handshake, probe): it counts as down"
+                    ));
+                    Source::Misconfigured(format!("unknown source {other:?}"))
+                }
+            })
+            .collect();
+    }
+    match get(HEALTH_COMBINE) {
+        None | Some("all") => {}
+        Some("any") => policy.combine = Combine::Any,
+        Some(other) => problems.push(format!(
+            "label {HEALTH_COMBINE}: {other:?} is not all or any: using all"
+        )),
+    }
+    for (key, slot) in [
+        (HEALTH_UP_AFTER, &mut policy.up_after),
+        (HEALTH_DOWN_AFTER, &mut policy.down_after),
+    ] {
+        if let Some(value) = get(key) {
+            match value.parse::<u32>() {
+                Ok(n) if n >= 1 => *slot = n,
+                _ => problems.push(format!(
+                    "label {key}: {value:?} is not a count of at least 1"
+                )),
+            }
+        }
+    }
+    Some(policy)
 }
 
 #[cfg(test)]
@@ -139,6 +256,33 @@ mod tests {
         let labels = ContainerLabels::parse([("vpn", "required"), ("netguard.alow", "10.0.0.0/8")]);
         assert!(labels.protected && labels.allow.is_empty());
         assert!(labels.problems[0].contains("netguard.alow") && labels.problems[0].contains(ALLOW));
+    }
+
+    #[test]
+    fn health_labels() {
+        let labels = ContainerLabels::parse([
+            ("netguard.role", "vpn-gateway"),
+            ("netguard.health", "handshake,gluetun,bogus"),
+            ("netguard.handshake.max-age", "5"),
+            ("netguard.gluetun.apikey", "s3cret"),
+            ("netguard.health.combine", "any"),
+        ]);
+        let health = labels.health.unwrap();
+        assert_eq!(
+            health.sources[0],
+            Source::Handshake {
+                max_age: Duration::from_secs(5)
+            }
+        );
+        assert!(
+            matches!(&health.sources[1], Source::Gluetun { api_key: Some(k), .. } if k == "s3cret")
+        );
+        assert!(
+            matches!(health.sources[2], Source::Misconfigured(_)),
+            "a typo counts as down"
+        );
+        assert_eq!(health.combine, Combine::Any);
+        assert_eq!(labels.problems.len(), 1, "{:?}", labels.problems);
     }
 
     #[test]

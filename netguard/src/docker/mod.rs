@@ -26,6 +26,7 @@ use ipnet::IpNet;
 use netguard_common::{CgroupPolicy, POLICY_PROTECTED};
 use tracing::{debug, info, warn};
 
+use crate::health::{self, Evidence, HealthPolicy, TunnelHealth};
 use crate::{
     cgroup::{Cgroup, CgroupId},
     datapath::Datapath,
@@ -70,14 +71,47 @@ struct Tracked {
     reported: HashSet<String>,
 }
 
-/// A tunnel interface and whether it is up and running.
-type SeenTunnel = Option<(TunnelInterface, bool)>;
+/// A tunnel interface found in a gateway's namespace, and its name.
+type SeenTunnel = Option<(TunnelInterface, String)>;
 
 #[derive(Clone, Debug)]
 struct TrackedGateway {
     pid: u32,
     labels: ContainerLabels,
     tunnel: SeenTunnel,
+    policy: HealthPolicy,
+    health: TunnelHealth,
+    /// From Docker's health status, when the container has a HEALTHCHECK.
+    docker_healthy: Option<bool>,
+}
+
+/// One gateway's health round, run off the event loop.
+struct HealthJob {
+    id: ContainerId,
+    pid: u32,
+    names: Vec<String>,
+    policy: HealthPolicy,
+    docker_healthy: Option<bool>,
+}
+
+struct HealthRound {
+    id: ContainerId,
+    tunnel: SeenTunnel,
+    evidence: Vec<(&'static str, Evidence)>,
+}
+
+impl HealthJob {
+    fn run(self) -> HealthRound {
+        let tunnel = find_tunnel(self.pid, &self.names);
+        let interface = tunnel.as_ref().map(|(_, name)| name.as_str());
+        let evidence =
+            health::probe_sources(&self.policy, self.pid, interface, self.docker_healthy);
+        HealthRound {
+            id: self.id,
+            tunnel,
+            evidence,
+        }
+    }
 }
 
 pub struct Watcher {
@@ -146,6 +180,7 @@ impl Watcher {
         self.full_sync(&docker).await?;
         *backoff = Duration::from_secs(1);
         let mut refresh = tokio::time::interval(TUNNEL_REFRESH);
+        let mut rounds: tokio::task::JoinSet<Vec<HealthRound>> = tokio::task::JoinSet::new();
         let mut resync = tokio::time::interval(RESYNC);
         resync.tick().await;
         loop {
@@ -158,14 +193,21 @@ impl Watcher {
                     }
                 }
                 _ = refresh.tick() => {
-                    if let Err(error) = self.refresh_tunnels() {
-                        warn!("looking at gateways' tunnels: {error:#}");
+                    if rounds.is_empty() {
+                        let jobs = self.health_jobs();
+                        rounds.spawn_blocking(move || jobs.into_iter().map(HealthJob::run).collect());
                     }
                     if std::mem::take(&mut self.resync_soon) {
                         self.full_sync(&docker).await?;
                     }
                 }
                 _ = resync.tick() => self.full_sync(&docker).await?,
+                Some(done) = rounds.join_next() => {
+                    let results = done.context("a health round panicked")?;
+                    if let Err(error) = self.apply_health(results) {
+                        warn!("applying tunnel health: {error:#}");
+                    }
+                }
             }
         }
     }
@@ -246,6 +288,17 @@ impl Watcher {
                         self.datapath.maps.register_container(&id, policy)?;
                         self.reconcile(docker, &id).await
                     }
+                    status if status.starts_with("health_status") => {
+                        let healthy = status.ends_with("healthy") && !status.ends_with("unhealthy");
+                        if let Some(gateway) = self
+                            .containers
+                            .get_mut(&id)
+                            .and_then(|t| t.gateway.as_mut())
+                        {
+                            gateway.docker_healthy = Some(healthy);
+                        }
+                        Ok(())
+                    }
                     "start" | "restart" | "unpause" | "rename" | "update" => {
                         self.reconcile(docker, &id).await
                     }
@@ -321,7 +374,11 @@ impl Watcher {
             }
         }
         if parsed.is_gateway {
-            self.reconcile_gateway(id, &name, &parsed, pid.filter(|_| running))?;
+            let docker_health = state
+                .and_then(|s| s.health.as_ref())
+                .and_then(|h| h.status)
+                .map(|status| status == bollard::models::HealthStatusEnum::HEALTHY);
+            self.reconcile_gateway(id, &name, &parsed, pid.filter(|_| running), docker_health)?;
         }
         let shared_with = network_mode.strip_prefix("container:").map(str::to_string);
         let policy = self.policy_for(&parsed, shared_with.as_deref());
@@ -424,6 +481,7 @@ impl Watcher {
         name: &str,
         parsed: &ContainerLabels,
         pid: Option<u32>,
+        docker_healthy: Option<bool>,
     ) -> Result<()> {
         // Renamed: the slot under the old name goes (its references rewritten first).
         let old_name = self
@@ -434,68 +492,116 @@ impl Watcher {
         if let Some(old) = old_name.and_then(|old| self.gateways.remove(&old)) {
             self.datapath.maps.remove_gateway(old)?;
         }
+        let policy = parsed.health.clone().unwrap_or_else(|| {
+            // A container with a HEALTHCHECK (Gluetun has one) also needs to be healthy.
+            let mut policy = HealthPolicy::default();
+            if docker_healthy.is_some() {
+                policy.sources.push(health::Source::DockerHealth);
+            }
+            policy
+        });
         let tunnel = pid.and_then(|pid| find_tunnel(pid, &parsed.tunnel_interfaces));
-        let slot = self.apply_gateway(name, parsed, tunnel)?;
+        let previous = self.containers.get(id).and_then(|t| t.gateway.clone());
+        // Health survives reconciles (a resync must not flap the tunnel); a moved or new
+        // tunnel starts down until the next rounds say otherwise.
+        let health = previous
+            .as_ref()
+            .filter(|g| g.tunnel == tunnel && g.pid == pid.unwrap_or(0))
+            .map(|g| g.health.clone())
+            .unwrap_or_default();
+        let slot = self.apply_gateway(name, parsed, &tunnel, health.up)?;
         if let Some(tracked) = self.containers.get_mut(id) {
             tracked.gateway = Some(TrackedGateway {
                 pid: pid.unwrap_or(0),
                 labels: parsed.clone(),
                 tunnel,
+                policy,
+                health,
+                docker_healthy,
             });
         }
         if self.gateways.insert(name.to_string(), slot) != Some(slot) {
             // Containers that name it, or share its namespace, get its slot.
             self.resync_soon = true;
-            info!(
-                gateway = name,
-                slot = slot.0,
-                tunnel_up = tunnel.is_some_and(|(_, up)| up),
-                "VPN gateway"
-            );
+            info!(gateway = name, slot = slot.0, "VPN gateway");
         }
         Ok(())
     }
 
-    /// Writes a gateway's slot: endpoints, tunnel interface, and (until tunnel health, a
-    /// later issue, decides) "up" while the interface is present, up and running.
+    /// Writes a gateway's slot: endpoints, tunnel interface and tunnel state.
     fn apply_gateway(
         &mut self,
         name: &str,
         parsed: &ContainerLabels,
-        tunnel: Option<(TunnelInterface, bool)>,
+        tunnel: &SeenTunnel,
+        up: bool,
     ) -> Result<GatewayId> {
         let spec = GatewaySpec {
-            tunnel: tunnel.map(|(t, _)| t),
+            tunnel: tunnel.as_ref().map(|(t, _)| *t),
             endpoints: parsed.endpoints.clone(),
         };
         let slot = self.datapath.maps.set_gateway(name, &spec)?;
         self.datapath
             .maps
-            .set_tunnel_state(slot, tunnel.is_some_and(|(_, up)| up))?;
+            .set_tunnel_state(slot, up && tunnel.is_some())?;
         Ok(slot)
     }
 
-    /// Looks at every gateway's tunnel interface again and records changes.
-    fn refresh_tunnels(&mut self) -> Result<()> {
-        let gateways: Vec<(ContainerId, String, TrackedGateway)> = self
-            .containers
+    fn health_jobs(&self) -> Vec<HealthJob> {
+        self.containers
             .iter()
-            .filter_map(|(id, t)| Some((id.clone(), t.name.clone(), t.gateway.clone()?)))
-            .filter(|(_, _, g)| g.pid != 0)
-            .collect();
-        for (id, name, mut gateway) in gateways {
-            let now = find_tunnel(gateway.pid, &gateway.labels.tunnel_interfaces);
-            if now != gateway.tunnel {
-                info!(
-                    gateway = name,
-                    tunnel_up = now.is_some_and(|(_, up)| up),
-                    "tunnel interface changed"
-                );
-                self.apply_gateway(&name, &gateway.labels, now)?;
-                gateway.tunnel = now;
-                if let Some(tracked) = self.containers.get_mut(&id) {
-                    tracked.gateway = Some(gateway);
+            .filter_map(|(id, t)| {
+                let gateway = t.gateway.as_ref().filter(|g| g.pid != 0)?;
+                Some(HealthJob {
+                    id: id.clone(),
+                    pid: gateway.pid,
+                    names: gateway.labels.tunnel_interfaces.clone(),
+                    policy: gateway.policy.clone(),
+                    docker_healthy: gateway.docker_healthy,
+                })
+            })
+            .collect()
+    }
+
+    /// Applies a round of health evidence: a moved tunnel, and state changes (one map write
+    /// each, for every container behind the gateway at once).
+    fn apply_health(&mut self, rounds: Vec<HealthRound>) -> Result<()> {
+        for round in rounds {
+            let Some(tracked) = self.containers.get(&round.id) else {
+                continue;
+            };
+            let Some(mut gateway) = tracked.gateway.clone() else {
+                continue;
+            };
+            let name = tracked.name.clone();
+            if round.tunnel != gateway.tunnel {
+                info!(gateway = name, tunnel = ?round.tunnel.as_ref().map(|(_, n)| n), "tunnel interface changed");
+                gateway.tunnel = round.tunnel.clone();
+                gateway.health = TunnelHealth::default();
+                self.apply_gateway(&name, &gateway.labels, &round.tunnel, false)?;
+            }
+            let verdict = gateway.policy.verdict(&round.evidence);
+            if gateway.health.observe(&gateway.policy, verdict) {
+                let slot = *self.gateways.get(&name).context("gateway slot")?;
+                let up = gateway.health.up && gateway.tunnel.is_some();
+                self.datapath.maps.set_tunnel_state(slot, up)?;
+                if up {
+                    info!(
+                        gateway = name,
+                        transitions = gateway.health.transitions,
+                        "tunnel up"
+                    );
+                } else {
+                    warn!(
+                        gateway = name,
+                        reason = gateway.health.last_reason,
+                        transitions = gateway.health.transitions,
+                        "tunnel down: traffic behind it is blocked (reason tunnel_down)"
+                    );
                 }
+            }
+            if let Some(tracked) = self.containers.get_mut(&round.id) {
+                tracked.gateway = Some(gateway);
             }
         }
         Ok(())
@@ -546,7 +652,7 @@ impl Watcher {
         // A stopped gateway has no tunnel: down at once for everyone behind it.
         if let Some(gateway) = tracked.gateway.take() {
             let name = tracked.name.clone();
-            self.apply_gateway(&name, &gateway.labels, None)?;
+            self.apply_gateway(&name, &gateway.labels, &None, false)?;
             info!(gateway = name, "gateway stopped: tunnel down");
         }
         // Nothing else is removed here: a die event can be stale (the container may already
@@ -672,19 +778,18 @@ impl Watcher {
     }
 }
 
-/// The first of `names` present in the network namespace of `pid`, and whether it is up.
+/// The first of `names` present in the network namespace of `pid`.
 fn find_tunnel(pid: u32, names: &[String]) -> SeenTunnel {
     netns::run_in(&inventory::netns_of(pid), || {
         let cookie = netns::current_cookie().ok()?;
         names.iter().find_map(|name| {
             let ifindex = netns::ifindex(name).ok()?;
-            let up = netns::interface_up(name).unwrap_or(false);
             Some((
                 TunnelInterface {
                     ifindex,
                     netns_cookie: cookie,
                 },
-                up,
+                name.clone(),
             ))
         })
     })

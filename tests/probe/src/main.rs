@@ -9,6 +9,8 @@
 //! ng-probe raw-frame IFACE DST_MAC SRC DST PORT   hand-built IPv4/UDP frame via AF_PACKET
 //! ng-probe stream ADDR PORT             connect, then per stdin line "send N": send N bytes
 //! ng-probe udp-recv PORT COUNT          print "ready", wait for COUNT datagrams
+//! ng-probe udp-watch ADDR PORT          send without pause; on each change between sent and
+//!                                       refused print "sent|refused <unix ns>" (until stdin closes)
 //! ```
 //!
 //! With `NG_PROBE_RETRY_MS=N` an operation refused with EPERM is repeated for up to N ms.
@@ -66,6 +68,7 @@ fn run(args: &[&str]) -> Outcome {
         ),
         ["stream", addr, port] => stream(sock(addr, port)),
         ["udp-recv", port, count] => udp_recv(port.parse().unwrap(), count.parse().unwrap()),
+        ["udp-watch", addr, port] => udp_watch(sock(addr, port)),
         _ => {
             eprintln!("usage: see the doc comment of tests/probe/src/main.rs");
             std::process::exit(2);
@@ -351,4 +354,36 @@ fn udp_recv(port: u16, count: u64) -> Outcome {
         }
     }
     Outcome::ok(count)
+}
+
+/// Sends continuously and reports, with a wall-clock timestamp, every change between a
+/// datagram leaving and being refused: how fast a policy change takes effect.
+fn udp_watch(to: SocketAddr) -> Outcome {
+    let socket = match udp_socket(&to) {
+        Ok(socket) => socket,
+        Err(error) => return Outcome::failed(0, error),
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let _ = io::copy(&mut io::stdin(), &mut io::sink());
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    let mut last: Option<bool> = None;
+    let mut sent = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let ok = socket.send_to(b"w", to).is_ok();
+        sent += u64::from(ok);
+        if last != Some(ok) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            println!("{} {}", if ok { "sent" } else { "refused" }, now.as_nanos());
+            last = Some(ok);
+        }
+        std::thread::sleep(Duration::from_micros(20));
+    }
+    Outcome::ok(sent)
 }
