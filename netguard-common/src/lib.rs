@@ -6,7 +6,7 @@
 #![no_std]
 
 /// Layout version of the pinned maps. A pinned datapath whose version differs is not adopted.
-pub const DATAPATH_ABI: u64 = 1;
+pub const DATAPATH_ABI: u64 = 2;
 
 /// How many cgroup levels below the root the programs look up for a policy.
 pub const MAX_CGROUP_DEPTH: i32 = 16;
@@ -263,6 +263,10 @@ pub struct GatewayState {
     pub in_use: u32,
     /// Explicit padding.
     pub _pad: u32,
+    /// Times the tunnel state changed (user space keeps it; the programs ignore it).
+    pub transitions: u64,
+    /// When it last changed, in seconds since the Unix epoch.
+    pub last_change_secs: u64,
     /// Gateway name, NUL-padded.
     pub name: [u8; GATEWAY_NAME_LEN],
 }
@@ -275,6 +279,8 @@ impl Default for GatewayState {
             tunnel_netns_cookie: 0,
             in_use: 0,
             _pad: 0,
+            transitions: 0,
+            last_change_secs: 0,
             name: [0; GATEWAY_NAME_LEN],
         }
     }
@@ -377,7 +383,7 @@ const _: () = {
     assert!(core::mem::size_of::<ScopedV4>() == 12);
     assert!(core::mem::size_of::<ScopedV6>() == 24);
     assert!(core::mem::size_of::<EndpointKey>() == 24);
-    assert!(core::mem::size_of::<GatewayState>() == 24 + GATEWAY_NAME_LEN);
+    assert!(core::mem::size_of::<GatewayState>() == 40 + GATEWAY_NAME_LEN);
     assert!(core::mem::size_of::<Counters>() == 8 * (4 + 3 * BLOCK_REASONS + 1));
     assert!(core::mem::size_of::<BlockedFlow>() == 40);
     assert!(core::mem::size_of::<EventBudget>() == 16);

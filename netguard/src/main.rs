@@ -134,7 +134,21 @@ fn status(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
         let counters = maps.counters(cgroup)?.unwrap_or_default();
         rows.push((cgroup, policy, counters));
     }
+    let gateways: Vec<String> = maps
+        .gateways()?
+        .iter()
+        .map(|(slot, name, g)| {
+            format!(
+                "{{\"gateway\":{name:?},\"slot\":{},\"tunnel_up\":{},\"transitions\":{},\"last_change_secs\":{}}}",
+                slot.0,
+                g.tunnel_up == 1,
+                g.transitions,
+                g.last_change_secs
+            )
+        })
+        .collect();
     if json {
+        println!("{{\"gateways\":[{}],\"cgroups\":", gateways.join(","));
         let items: Vec<String> = rows
             .iter()
             .map(|(cgroup, policy, c)| {
@@ -156,8 +170,20 @@ fn status(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
                 )
             })
             .collect();
-        println!("[{}]", items.join(","));
+        println!("[{}]}}", items.join(","));
     } else {
+        println!(
+            "{:>20} {:>5} {:>7} {:>11} {:>14}",
+            "GATEWAY", "SLOT", "TUNNEL", "TRANSITIONS", "LAST CHANGE"
+        );
+        for (slot, name, g) in maps.gateways()? {
+            let tunnel = if g.tunnel_up == 1 { "up" } else { "down" };
+            println!(
+                "{:>20} {:>5} {:>7} {:>11} {:>14}",
+                name, slot.0, tunnel, g.transitions, g.last_change_secs
+            );
+        }
+        println!();
         println!(
             "{:>12} {:>9} {:>7} {:>12} {:>12} {:>10}",
             "CGROUP", "PROTECTED", "GATEWAY", "TX BYTES", "RX BYTES", "BLOCKED"

@@ -418,7 +418,14 @@ impl Maps {
         if state.in_use == 0 {
             bail!("gateway slot {} is not in use", id.0);
         }
-        state.tunnel_up = if up { TUNNEL_UP } else { 0 };
+        let wanted = if up { TUNNEL_UP } else { 0 };
+        if state.tunnel_up != wanted {
+            state.transitions += 1;
+            state.last_change_secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+        }
+        state.tunnel_up = wanted;
         self.gateways.set(id.0, state, 0)?;
         Ok(())
     }

@@ -169,6 +169,20 @@ fn a_stale_handshake_takes_the_tunnel_down_and_a_fresh_one_brings_it_back() {
         0,
         "something got out while the tunnel was down"
     );
+    // Kept in the pinned slot: up, down, up again; shown by `netguard status`.
+    let slot = pinned_maps(&pin).gateways().unwrap()[0].2;
+    assert_eq!(slot.transitions, 3, "{slot:?}");
+    assert!(slot.last_change_secs > 0);
+    let status = std::process::Command::new(netguard_tests::agent::netguard_bin())
+        .args(["status", "--json", "--pin-dir"])
+        .arg(&pin.path)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("\"tunnel_up\":true") && status.contains("\"transitions\":3"),
+        "{status}"
+    );
 }
 
 #[test]
