@@ -196,6 +196,22 @@ impl DockerLab {
             .to_string()
     }
 
+    /// A hand-built IPv4/UDP frame from `container` to the internet host through AF_PACKET,
+    /// addressed to docker0, with the source address of `source` (the container whose
+    /// network namespace it uses).
+    pub fn raw_frame_to_internet(&self, container: &str, source: &str) -> ProbeResult {
+        let docker0 = std::fs::read_to_string("/sys/class/net/docker0/address").expect("docker0");
+        let args = [
+            "raw-frame",
+            "eth0",
+            docker0.trim(),
+            &self.ip(source),
+            crate::lab::INTERNET_V4_TEXT,
+            "7777",
+        ];
+        self.exec_probe(container, &args)
+    }
+
     /// The host pid of a running container's first process.
     pub fn pid(&self, container: &str) -> u32 {
         docker(&["inspect", "-f", "{{.State.Pid}}", container])
@@ -354,4 +370,31 @@ pub fn restart_dockerd(log: &Path) {
         sh(&["sh", "-c", &script]);
     }
     crate::wait_for("dockerd to answer again", answers);
+}
+
+/// docker0's IPv4 address: the default bridge's gateway.
+pub fn bridge_gateway() -> String {
+    let out = sh(&["ip", "-4", "-br", "addr", "show", "docker0"]);
+    let cidr = out
+        .split_whitespace()
+        .nth(2)
+        .expect("docker0 has an IPv4 address");
+    cidr.split('/').next().unwrap().to_string()
+}
+
+/// Gluetun's own firewall failing: in the gateway namespace at `netns`, the internet host's
+/// subnet is routed through eth0 (the bridge) instead of the tunnel.
+pub fn route_around_tunnel(netns: &Path) {
+    crate::wireguard::ip_in(
+        netns,
+        &[
+            "route",
+            "replace",
+            "198.18.2.0/24",
+            "via",
+            &bridge_gateway(),
+            "dev",
+            "eth0",
+        ],
+    );
 }

@@ -22,6 +22,8 @@ use crate::{require_root, sh, sh_quiet, unique_tag};
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd0e, 1, 0, 0, 0, 0, 0, 2);
 pub const INTERNET_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+/// [`INTERNET_V4`] as text, for command lines.
+pub const INTERNET_V4_TEXT: &str = "198.18.2.2";
 pub const INTERNET_V6: Ipv6Addr = Ipv6Addr::new(0xfd0e, 2, 0, 0, 0, 0, 0, 2);
 pub const LAN_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 2);
 pub const LAN_V6: Ipv6Addr = Ipv6Addr::new(0xfd0e, 3, 0, 0, 0, 0, 0, 2);

@@ -46,19 +46,8 @@ impl Tunnel {
         let (provider_key, provider_pub) = tunnel.keypair("provider");
         tunnel.start_daemon(client_netns, &tunnel.client_if.clone());
         tunnel.start_daemon(&lab.vpn.path(), &tunnel.provider_if.clone());
-        sh(&[
-            "wg",
-            "set",
-            &tunnel.provider_if,
-            "private-key",
-            &provider_key,
-            "listen-port",
-            &ENDPOINT_PORT.to_string(),
-            "peer",
-            &client_pub,
-            "allowed-ips",
-            &format!("{TUNNEL_CLIENT_V4}/32"),
-        ]);
+        tunnel.provider = Some((lab.vpn.path(), provider_key.clone(), client_pub.clone()));
+        tunnel.configure_provider();
         sh(&[
             "wg",
             "set",
@@ -74,7 +63,6 @@ impl Tunnel {
             "persistent-keepalive",
             "1",
         ]);
-        tunnel.provider = Some((lab.vpn.path(), provider_key.clone(), client_pub.clone()));
         ip_in(
             client_netns,
             &[
@@ -143,22 +131,10 @@ impl Tunnel {
 
     /// Starts the provider's side again, with the same key and peer.
     pub fn start_provider(&mut self) {
-        let (vpn, key, client_pub) = self.provider.clone().expect("a provider");
+        let (vpn, _, _) = self.provider.clone().expect("a provider");
         let provider_if = self.provider_if.clone();
         self.start_daemon(&vpn, &provider_if);
-        sh(&[
-            "wg",
-            "set",
-            &provider_if,
-            "private-key",
-            &key,
-            "listen-port",
-            &ENDPOINT_PORT.to_string(),
-            "peer",
-            &client_pub,
-            "allowed-ips",
-            &format!("{TUNNEL_CLIENT_V4}/32"),
-        ]);
+        self.configure_provider();
         ip_in(
             &vpn,
             &[
@@ -170,6 +146,27 @@ impl Tunnel {
             ],
         );
         ip_in(&vpn, &["link", "set", &provider_if, "up"]);
+    }
+
+    /// The provider's key, listen port and its one peer (the client).
+    fn configure_provider(&self) {
+        let (_, key, client_pub) = self.provider.as_ref().expect("a provider");
+        let port = ENDPOINT_PORT.to_string();
+        let allowed = format!("{TUNNEL_CLIENT_V4}/32");
+        let args = [
+            "wg",
+            "set",
+            &self.provider_if,
+            "private-key",
+            key,
+            "listen-port",
+            &port,
+            "peer",
+            client_pub,
+            "allowed-ips",
+            &allowed,
+        ];
+        sh(&args);
     }
 
     /// Whether a handshake has completed (the tunnel carries traffic).

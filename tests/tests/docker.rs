@@ -113,23 +113,9 @@ fn raw_frames_from_a_protected_container_never_arrive() {
     let _agent = agent(&lab, &pin);
     let internet = Sniffer::start(&lab.lab.internet);
     let marker = b"netguard raw frame";
-    let gateway_mac = std::fs::read_to_string("/sys/class/net/docker0/address")
-        .unwrap()
-        .trim()
-        .to_string();
 
     let open = lab.start(&[], &[]);
-    let sent = lab.exec_probe(
-        &open,
-        &[
-            "raw-frame",
-            "eth0",
-            &gateway_mac,
-            &lab.ip(&open),
-            &addr(INTERNET_V4),
-            "7777",
-        ],
-    );
+    let sent = lab.raw_frame_to_internet(&open, &open);
     assert!(sent.ok, "{sent:?}");
     wait_for("the unlabeled container's raw frame", || {
         internet.with_payload(marker) == 1
@@ -151,17 +137,7 @@ fn raw_frames_from_a_protected_container_never_arrive() {
                 })
         },
     );
-    let sent = lab.exec_probe(
-        &protected,
-        &[
-            "raw-frame",
-            "eth0",
-            &gateway_mac,
-            &lab.ip(&protected),
-            &addr(INTERNET_V4),
-            "7777",
-        ],
-    );
+    let sent = lab.raw_frame_to_internet(&protected, &protected);
     assert!(
         sent.ok,
         "AF_PACKET sendto() succeeds; the frame is dropped on the wire: {sent:?}"
@@ -182,17 +158,7 @@ fn raw_frames_from_a_protected_container_never_arrive() {
         "{counters:?}"
     );
     // A later frame from the unlabeled container overtakes nothing: the protected one is gone.
-    let again = lab.exec_probe(
-        &open,
-        &[
-            "raw-frame",
-            "eth0",
-            &gateway_mac,
-            &lab.ip(&open),
-            &addr(INTERNET_V4),
-            "7777",
-        ],
-    );
+    let again = lab.raw_frame_to_internet(&open, &open);
     assert!(again.ok);
     wait_for("the second unlabeled frame", || {
         internet.with_payload(marker) == 2
@@ -355,10 +321,6 @@ fn containers_sharing_a_gateway_netns_use_its_tunnel_and_nothing_else() {
     );
 
     // A raw frame from the shared namespace meets the backstop on the gateway's veth.
-    let gateway_mac = std::fs::read_to_string("/sys/class/net/docker0/address")
-        .unwrap()
-        .trim()
-        .to_string();
     wait_for("the backstop attached to the gateway's veth", || {
         pinned_maps(&pin)
             .backstops()
@@ -369,17 +331,7 @@ fn containers_sharing_a_gateway_netns_use_its_tunnel_and_nothing_else() {
                     && pin.path.join(format!("links/tc{ifindex}")).exists()
             })
     });
-    let raw = lab.exec_probe(
-        &first,
-        &[
-            "raw-frame",
-            "eth0",
-            &gateway_mac,
-            &lab.ip(&gateway),
-            &addr(INTERNET_V4),
-            "7777",
-        ],
-    );
+    let raw = lab.raw_frame_to_internet(&first, &gateway);
     assert!(raw.ok, "{raw:?}");
     wait_for("the backstop drop", || {
         counters(first_cgroup).blocked_packets.iter().sum::<u64>()
@@ -417,17 +369,7 @@ fn containers_sharing_a_gateway_netns_use_its_tunnel_and_nothing_else() {
         "still attached"
     );
     let before = counters(stays).blocked_packets.iter().sum::<u64>();
-    let raw = lab.exec_probe(
-        stays_id,
-        &[
-            "raw-frame",
-            "eth0",
-            &gateway_mac,
-            &lab.ip(&gateway),
-            &addr(INTERNET_V4),
-            "7777",
-        ],
-    );
+    let raw = lab.raw_frame_to_internet(stays_id, &gateway);
     assert!(raw.ok, "{raw:?}");
     wait_for("the backstop drop for the remaining container", || {
         counters(stays).blocked_packets.iter().sum::<u64>() == before + 1
@@ -435,19 +377,7 @@ fn containers_sharing_a_gateway_netns_use_its_tunnel_and_nothing_else() {
 
     // Gluetun's own firewall failing: the tunnel goes down and eth0 becomes the route.
     ip_in(&netns, &["link", "set", &wg, "down"]);
-    let bridge_gateway = docker_bridge_gateway();
-    ip_in(
-        &netns,
-        &[
-            "route",
-            "replace",
-            "198.18.2.0/24",
-            "via",
-            &bridge_gateway,
-            "dev",
-            "eth0",
-        ],
-    );
+    netguard_tests::docker::route_around_tunnel(&netns);
     wait_for("the agent to see the tunnel down", || tunnel_up(0));
     let udp = lab.exec_probe(stays_id, &["udp", &addr(INTERNET_V4), "7012", "3", "8"]);
     let tcp = lab.exec_probe(stays_id, &["tcp", &addr(INTERNET_V4), "7012", "10"]);
@@ -467,16 +397,6 @@ fn containers_sharing_a_gateway_netns_use_its_tunnel_and_nothing_else() {
         refused, 4,
         "3 datagrams and 1 connect() refused because the tunnel is down"
     );
-}
-
-/// The default bridge's gateway address: docker0's IPv4 address.
-fn docker_bridge_gateway() -> String {
-    let out = netguard_tests::sh(&["ip", "-4", "-br", "addr", "show", "docker0"]);
-    let cidr = out
-        .split_whitespace()
-        .nth(2)
-        .expect("docker0 has an IPv4 address");
-    cidr.split('/').next().unwrap().to_string()
 }
 
 #[test]

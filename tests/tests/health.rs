@@ -111,27 +111,7 @@ fn a_stale_handshake_takes_the_tunnel_down_and_a_fresh_one_brings_it_back() {
     // Through wg0 and around it (Gluetun's firewall failing): nothing arrives.
     let via_tunnel = lab.exec_probe(&client, &["udp", &addr(INTERNET_V4), "7101", "3", "8"]);
     assert_eq!(via_tunnel.errno, EPERM, "{via_tunnel:?}");
-    let gateway_ip = netguard_tests::sh(&["ip", "-4", "-br", "addr", "show", "docker0"]);
-    let bridge = gateway_ip
-        .split_whitespace()
-        .nth(2)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    ip_in(
-        &netns,
-        &[
-            "route",
-            "replace",
-            "198.18.2.0/24",
-            "via",
-            &bridge,
-            "dev",
-            "eth0",
-        ],
-    );
+    netguard_tests::docker::route_around_tunnel(&netns);
     let around = lab.exec_probe(&client, &["tcp", &addr(INTERNET_V4), "7101", "8"]);
     assert_eq!(around.errno, EPERM, "{around:?}");
     let counters = pinned_maps(&pin).counters(cgroup).unwrap().unwrap();
