@@ -207,18 +207,7 @@ impl Datapath {
 
     /// [`Datapath::attach_backstop`] for an interface given by index (in this namespace).
     pub fn attach_backstop_index(&mut self, ifindex: u32, cgroup: &Cgroup) -> Result<LinkOutcome> {
-        let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
-        // SAFETY: the buffer has IF_NAMESIZE bytes, as if_indextoname requires.
-        if unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null() {
-            bail!(
-                "no interface with index {ifindex}: {}",
-                io::Error::last_os_error()
-            );
-        }
-        // SAFETY: if_indextoname wrote a NUL-terminated name.
-        let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
-            .to_string_lossy()
-            .into_owned();
+        let name = netns::interface_name(ifindex)?;
         self.attach_backstop(&name, cgroup)
     }
 

@@ -66,6 +66,25 @@ pub fn ifindex(interface: &str) -> io::Result<u32> {
     }
 }
 
+/// The name of the interface with index `ifindex` in the calling thread's namespace.
+pub fn interface_name(ifindex: u32) -> io::Result<String> {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has IF_NAMESIZE bytes, as if_indextoname requires.
+    if unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "no interface with index {ifindex}: {}",
+                io::Error::last_os_error()
+            ),
+        ));
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name.
+    Ok(unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+        .to_string_lossy()
+        .into_owned())
+}
+
 /// Whether `interface` (in the calling thread's namespace) is administratively up and has
 /// carrier (IFF_UP and IFF_RUNNING).
 pub fn interface_up(interface: &str) -> io::Result<bool> {

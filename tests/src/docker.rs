@@ -34,13 +34,18 @@ pub struct DockerLab {
     host_link: String,
 }
 
+/// Whether a Docker daemon answers.
+fn dockerd_answers() -> bool {
+    Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 impl DockerLab {
     pub fn new() -> Self {
-        let output = Command::new("docker")
-            .args(["version", "--format", "{{.Server.Version}}"])
-            .output();
         assert!(
-            output.is_ok_and(|o| o.status.success()),
+            dockerd_answers(),
             "no Docker daemon answers: run the tests through `cargo xtask test`, which starts one"
         );
         build_image();
@@ -222,9 +227,8 @@ impl DockerLab {
 
     /// The cgroup v2 id of a running container.
     pub fn cgroup_id(&self, container: &str) -> u64 {
-        let pid = docker(&["inspect", "-f", "{{.State.Pid}}", container])
-            .trim()
-            .to_string();
+        // Parsed here rather than by netguard's own code: the expectation stays independent.
+        let pid = self.pid(container);
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
         let relative = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
         let root = netguard::cgroup::cgroup2_root().unwrap();
@@ -346,12 +350,6 @@ fn build_image() {
 /// starting `dockerd` again in a session of its own (it is the machine's daemon, not the
 /// test's: it must outlive the test). Returns once the new daemon answers.
 pub fn restart_dockerd(log: &Path) {
-    let answers = || {
-        Command::new("docker")
-            .args(["version", "--format", "{{.Server.Version}}"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
     let systemd = Command::new("systemctl")
         .args(["is-active", "--quiet", "docker"])
         .stderr(std::process::Stdio::null())
@@ -369,7 +367,7 @@ pub fn restart_dockerd(log: &Path) {
         let script = format!("setsid dockerd > '{}' 2>&1 < /dev/null &", log.display());
         sh(&["sh", "-c", &script]);
     }
-    crate::wait_for("dockerd to answer again", answers);
+    crate::wait_for("dockerd to answer again", dockerd_answers);
 }
 
 /// docker0's IPv4 address: the default bridge's gateway.

@@ -67,15 +67,9 @@ pub fn host_side_veths(pid: u32) -> Result<Vec<u32>> {
 /// The container's /sys is its own to forge (or a bind mount of the host's): accept a peer
 /// only if the host's own view agrees that interface `host` is linked to `container`.
 fn peer_points_back(host: u32, container: u32) -> bool {
-    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: the buffer has IF_NAMESIZE bytes.
-    if unsafe { libc::if_indextoname(host, name.as_mut_ptr()) }.is_null() {
+    let Ok(name) = crate::netns::interface_name(host) else {
         return false;
-    }
-    // SAFETY: if_indextoname wrote a NUL-terminated name.
-    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
-        .to_string_lossy()
-        .into_owned();
+    };
     fs::read_to_string(format!("/sys/class/net/{name}/iflink"))
         .ok()
         .and_then(|l| l.trim().parse::<u32>().ok())
@@ -84,9 +78,7 @@ fn peer_points_back(host: u32, container: u32) -> bool {
 
 /// Whether an interface with this index exists in the agent's network namespace.
 pub fn interface_exists(ifindex: u32) -> bool {
-    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: the buffer has IF_NAMESIZE bytes.
-    !unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null()
+    crate::netns::interface_name(ifindex).is_ok()
 }
 
 /// The network namespace file of `pid`.

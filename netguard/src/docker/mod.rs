@@ -26,10 +26,10 @@ use ipnet::IpNet;
 use netguard_common::{CgroupPolicy, POLICY_PROTECTED};
 use tracing::{debug, info, warn};
 
-use crate::health::{self, Evidence, HealthPolicy, TunnelHealth};
 use crate::{
     cgroup::{Cgroup, CgroupId},
     datapath::Datapath,
+    health::{self, Evidence, HealthPolicy, TunnelHealth},
     netns,
     policy::{ContainerId, GatewayId, GatewaySpec, TunnelInterface},
 };
@@ -37,7 +37,7 @@ use labels::ContainerLabels;
 
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How often gateways' tunnel interfaces are looked at again.
+/// How often each gateway's tunnel health is checked (and its interface looked up again).
 const TUNNEL_REFRESH: Duration = Duration::from_secs(1);
 /// How often everything is reconciled again, whatever the events said (events can be lost;
 /// a reconcile can fail).
@@ -695,6 +695,8 @@ impl Watcher {
             .flat_map(|t| t.history.iter().copied())
             .collect();
         let mut unclassified = HashSet::new();
+        // Cgroups with a policy that still exist: asked of the kernel once per collection.
+        let mut alive = HashSet::new();
         for (cgroup, policy) in self.datapath.maps.policies()? {
             if self.options.static_cgroups.contains(&cgroup) {
                 continue;
@@ -705,7 +707,10 @@ impl Watcher {
                 } else {
                     self.datapath.maps.forget(cgroup)?;
                 }
-            } else if full_sync && policy.is_unclassified() && !running.contains(&cgroup) {
+                continue;
+            }
+            alive.insert(cgroup);
+            if full_sync && policy.is_unclassified() && !running.contains(&cgroup) {
                 if self.unclassified_seen.contains(&cgroup) {
                     warn!(
                         cgroup,
@@ -723,10 +728,8 @@ impl Watcher {
 
         let mut owners: HashMap<u32, Vec<CgroupId>> = HashMap::new();
         for tracked in self.containers.values().filter(|t| t.protected) {
-            if let Some(cgroup) = tracked
-                .cgroup
-                .filter(|cg| inventory::cgroup_exists(&root, *cg).unwrap_or(true))
-            {
+            // A protected cgroup always has a policy entry; one that is gone was just removed.
+            if let Some(cgroup) = tracked.cgroup.filter(|cg| alive.contains(cg)) {
                 for ifindex in &tracked.backstops {
                     owners.entry(*ifindex).or_default().push(cgroup);
                 }
