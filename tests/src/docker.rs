@@ -358,16 +358,42 @@ pub fn restart_dockerd(log: &Path) {
     if systemd {
         sh(&["systemctl", "restart", "docker"]);
     } else {
-        let pid = sh(&["pidof", "dockerd"]).trim().to_string();
-        sh(&["kill", "-TERM", &pid]);
+        let pids = live_processes("dockerd");
+        assert_eq!(pids.len(), 1, "exactly one dockerd runs: {pids:?}");
+        let pid = pids[0];
+        sh(&["kill", "-TERM", &pid.to_string()]);
+        // A dockerd started by `cargo xtask test` is that process's child and stays a
+        // zombie until it exits: exited is not the same as gone from /proc.
         crate::wait_for("the old dockerd to exit", || {
-            !Path::new(&format!("/proc/{pid}")).exists()
+            !live_processes("dockerd").contains(&pid)
         });
         // Through a shell that exits at once: dockerd is the machine's, not our child.
         let script = format!("setsid dockerd > '{}' 2>&1 < /dev/null &", log.display());
         sh(&["sh", "-c", &script]);
     }
     crate::wait_for("dockerd to answer again", dockerd_answers);
+}
+
+/// Pids of the processes named `name` that have not exited (zombies excluded).
+fn live_processes(name: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        // /proc/<pid>/stat: "pid (comm) state ..."; comm may hold spaces and parentheses.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let state = stat[close + 1..].split_whitespace().next();
+        if &stat[open + 1..close] == name && state != Some("Z") && state != Some("X") {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 /// docker0's IPv4 address: the default bridge's gateway.

@@ -24,6 +24,40 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// bpf-linker release built against LLVM 22 (newer ones may need a newer rustc).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Test fixtures clean up on drop and on panic, but not after SIGKILL (a CI time-out, a
+/// killed session): everything the lab names `ngt*` or labels `netguard.test=1` goes
+/// before the tests run, so a leftover container (`--restart always` brings it back with
+/// dockerd) cannot skew them. `$1` is the netguard binary, for pinned state.
+const SWEEP_LAB_LEFTOVERS: &str = r#"
+ids=$(docker ps -aq --filter label=netguard.test=1)
+[ -n "$ids" ] && docker rm -f $ids >/dev/null && echo "removed containers: $ids"
+docker network ls --format '{{.Name}}' | grep '^ngt' | xargs -r -n1 docker network rm
+for ns in $(ip netns list | awk '{print $1}' | grep '^ngt'); do
+    ip netns pids "$ns" | xargs -r kill -9
+    ip netns delete "$ns" && echo "removed netns $ns"
+done
+for link in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^ngt'); do
+    ip link delete "$link" && echo "removed link $link"
+done
+for top in /sys/fs/cgroup/ngt* /sys/fs/cgroup/*/ngt*; do
+    [ -d "$top" ] || continue
+    if [ -f "$top/cgroup.kill" ]; then
+        echo 1 > "$top/cgroup.kill"
+        for _ in $(seq 100); do
+            [ -z "$(find "$top" -name cgroup.procs -exec cat {} +)" ] && break
+            sleep 0.1
+        done
+    fi
+    find "$top" -depth -type d -exec rmdir {} \; 2>/dev/null
+    [ -d "$top" ] && echo "could not remove $top" || echo "removed cgroup $top"
+done
+for pin in /sys/fs/bpf/ngt*; do
+    [ -d "$pin" ] && "$1" unload --pin-dir "$pin"
+done
+rm -rf /tmp/ngt*
+true
+"#;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -116,6 +150,12 @@ fn test(root: &Path, lab: &[String]) -> Result<()> {
             .env("CARGO_TARGET_DIR", root.join("target/static")),
     )?;
     ensure_dockerd(root)?;
+    step("removing what an interrupted earlier run left behind");
+    run_checked(
+        privileged("sh")
+            .args(["-c", SWEEP_LAB_LEFTOVERS, "sweep"])
+            .arg(root.join("target/debug/netguard")),
+    )?;
     step("privileged tests, one at a time");
     let mut command = Command::new("cargo");
     command.args(["test", "-p", "netguard-tests"]);
