@@ -1,7 +1,12 @@
 //! `netguard run`: load or adopt the datapath, apply the configured policy, report blocked
 //! flows, and on shutdown leave enforcement in place.
 
-use std::{collections::HashSet, path::Path};
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::{Context as _, Result};
 use ipnet::IpNet;
@@ -14,8 +19,11 @@ use crate::{
     config::{Config, ConfigError},
     datapath::Datapath,
     docker::{WatchOptions, Watcher},
-    events, netns,
+    events, http,
+    maps::Maps,
+    netns,
     policy::{BUILTIN_INTERNAL_CIDRS, GatewaySpec, TunnelInterface},
+    report::{Report, StaticCgroup},
 };
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -23,21 +31,47 @@ pub async fn run(config: Config) -> Result<()> {
     let Started {
         mut datapath,
         watch,
+        attach_cgroups,
+        static_cgroups,
     } = start(&config)?;
+    // After enforcement is in place: an agent that cannot serve HTTP exits (64), but what it
+    // attached stays pinned and enforcing; exiting before attaching could let a container
+    // that Docker starts meanwhile out unguarded.
+    let listener = config.listen.map(listen).transpose()?;
     let pin_dir = datapath.pin_dir().to_path_buf();
+    let report = Arc::new(Report::new(
+        attach_cgroups,
+        config.metrics_grace,
+        watch.is_some(),
+    ));
+    report.set_static_cgroups(static_cgroups);
     let events = datapath
         .take_events()
         .context("event ring buffer already taken")?;
-    let mut reader = tokio::spawn(events::log_blocked_flows(events));
+    let mut reader = tokio::spawn(events::report_blocked_flows(events, Arc::clone(&report)));
+    let mut server = match listener {
+        Some(listener) => {
+            let maps = Maps::open_pinned(&pin_dir)?;
+            info!(
+                "serving /metrics and /api/v1 on http://{}",
+                listener.local_addr()?
+            );
+            tokio::spawn(http::serve(listener, Arc::clone(&report), maps))
+        }
+        None => tokio::spawn(std::future::pending::<Result<()>>()),
+    };
     // The Docker watcher owns the datapath from here on; without Docker it just stays open.
     let mut watcher = match (watch, &config.docker_socket) {
-        (Some(options), Some(_)) => tokio::spawn(Watcher::new(datapath, options).run()),
+        (Some(options), Some(_)) => tokio::spawn(Watcher::new(datapath, options, report).run()),
         _ => tokio::spawn(async move {
             let _datapath = datapath;
             std::future::pending::<Result<()>>().await
         }),
     };
 
+    if let Err(error) = crate::host::notify_ready() {
+        warn!("telling systemd we are ready: {error}");
+    }
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     tokio::select! {
@@ -45,9 +79,11 @@ pub async fn run(config: Config) -> Result<()> {
         _ = interrupt.recv() => info!("SIGINT received"),
         result = &mut reader => warn!("blocked-flow reader stopped: {result:?}"),
         result = &mut watcher => warn!("Docker watcher stopped: {result:?}"),
+        result = &mut server => warn!("HTTP server stopped: {result:?}"),
     }
     reader.abort();
     watcher.abort();
+    server.abort();
     info!(
         "stopping; enforcement stays in place (pinned under {}); `netguard unload` removes it",
         pin_dir.display()
@@ -55,15 +91,34 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// The datapath with the static policy applied, and what the Docker watcher needs.
+/// The HTTP server's socket.
+fn listen(address: SocketAddr) -> Result<tokio::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(address)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|error| {
+            ConfigError(format!(
+                "cannot listen on {address}: {error}: pick a free address with --listen \
+                 (NETGUARD_LISTEN), or --listen off"
+            ))
+        })?;
+    Ok(tokio::net::TcpListener::from_std(listener)?)
+}
+
+/// The datapath with the static policy applied, and what the Docker watcher and the report
+/// need.
 pub struct Started {
     pub datapath: Datapath,
     pub watch: Option<WatchOptions>,
+    /// Where the programs are attached.
+    pub attach_cgroups: Vec<PathBuf>,
+    /// Cgroups protected by the static configuration.
+    pub static_cgroups: Vec<StaticCgroup>,
 }
 
 /// Loads or adopts the datapath and makes the maps match `config`. Returns when the policy
 /// is enforced; the caller keeps the returned datapath for events.
 pub fn start(config: &Config) -> Result<Started> {
+    crate::host::check_privileges()?;
     let root = cgroup2_root()?;
     // Resolve everything before touching the kernel: a typo must not half-apply.
     let attach = resolve_all(
@@ -164,6 +219,13 @@ pub fn start(config: &Config) -> Result<Started> {
         backstops = backstops.len(),
         "netguard ready"
     );
+    // Not fatal: enforcement is attached, new container cgroups are held (unclassified) by
+    // the kernel until Docker answers, and the watcher keeps trying.
+    if let Some(socket) = &config.docker_socket
+        && let Err(error) = crate::host::check_docker_socket(socket)
+    {
+        tracing::error!("{error}; until then new containers are held (blocked, unclassified)");
+    }
     let watch = config.docker_socket.as_ref().map(|socket| WatchOptions {
         socket: socket.clone(),
         cgroup_root: root.clone(),
@@ -171,7 +233,24 @@ pub fn start(config: &Config) -> Result<Started> {
         static_backstops: backstops,
         base_internal,
     });
-    Ok(Started { datapath, watch })
+    let static_cgroups = protected
+        .iter()
+        .map(|cgroup| StaticCgroup {
+            name: cgroup
+                .path
+                .strip_prefix(&root)
+                .map_or_else(|_| cgroup.path.clone(), |p| Path::new("/").join(p))
+                .display()
+                .to_string(),
+            id: cgroup.id,
+        })
+        .collect();
+    Ok(Started {
+        datapath,
+        watch,
+        attach_cgroups: attach.into_iter().map(|c| c.path).collect(),
+        static_cgroups,
+    })
 }
 
 /// After the desired state is written: whatever an earlier run left that is no longer

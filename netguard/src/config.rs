@@ -8,7 +8,9 @@
 use std::{
     collections::HashSet,
     fmt, fs,
+    net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use ipnet::IpNet;
@@ -43,6 +45,10 @@ pub struct FileConfig {
     pub gateways: Vec<FileGateway>,
     #[serde(default)]
     pub protect: Vec<FileProtect>,
+    /// HTTP address for /metrics and the API (default 127.0.0.1:9477; "off" for none).
+    pub listen: Option<String>,
+    /// Seconds a destroyed container's series stay in /metrics (default 300).
+    pub metrics_grace_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,7 +88,17 @@ pub struct FlagConfig {
     pub attach_cgroups: Vec<PathBuf>,
     pub internal_cidrs: Vec<String>,
     pub protect: Vec<PathBuf>,
+    pub listen: Option<String>,
+    pub metrics_grace_secs: Option<u64>,
 }
+
+/// Where the HTTP server listens by default: this host only. Metrics name containers; expose
+/// them beyond the host on purpose (`--listen 0.0.0.0:9477`).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
+
+/// How long a destroyed container's series stay in `/metrics` by default: long enough for
+/// a few scrapes to see its last values.
+pub const DEFAULT_METRICS_GRACE: Duration = Duration::from_secs(300);
 
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +111,9 @@ pub struct Config {
     pub internal_cidrs: Vec<IpNet>,
     pub gateways: Vec<Gateway>,
     pub protect: Vec<Protect>,
+    /// `None`: no HTTP server.
+    pub listen: Option<SocketAddr>,
+    pub metrics_grace: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -191,7 +210,20 @@ impl Config {
             .clone()
             .or(file.docker_socket)
             .unwrap_or_else(|| PathBuf::from(crate::docker::DEFAULT_SOCKET));
+        let listen = parse_listen(
+            flags
+                .listen
+                .as_deref()
+                .or(file.listen.as_deref())
+                .unwrap_or(DEFAULT_LISTEN),
+        )?;
+        let metrics_grace = flags
+            .metrics_grace_secs
+            .or(file.metrics_grace_secs)
+            .map_or(DEFAULT_METRICS_GRACE, Duration::from_secs);
         Ok(Self {
+            listen,
+            metrics_grace,
             docker_socket: docker.then_some(docker_socket),
             pin_dir: flags
                 .pin_dir
@@ -231,6 +263,19 @@ fn parse_cidrs(field: &str, values: &[String]) -> Result<Vec<IpNet>, ConfigError
             })
         })
         .collect()
+}
+
+/// `ip:port`, or `off`.
+pub fn parse_listen(text: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        ConfigError(format!(
+            "invalid listen address {text:?}: write ip:port, e.g. {DEFAULT_LISTEN} or \
+             [::1]:9477, or \"off\" for no HTTP server"
+        ))
+    })
 }
 
 /// A CIDR, or a bare address as a single-host CIDR.
@@ -274,6 +319,20 @@ mod tests {
         assert!(error.contains("\"192.168.1.0/33\""), "{error}");
         assert!(error.contains("internal_cidrs"), "{error}");
         assert!(error.contains("e.g."), "{error}");
+    }
+
+    #[test]
+    fn listen_address_typo_names_the_value_and_the_fix() {
+        let error = parse(r#"listen = "127.0.0.1""#).unwrap_err().0;
+        assert!(
+            error.contains("\"127.0.0.1\"") && error.contains("ip:port"),
+            "{error}"
+        );
+        assert_eq!(parse(r#"listen = "off""#).unwrap().listen, None);
+        assert_eq!(
+            parse("").unwrap().listen,
+            Some(DEFAULT_LISTEN.parse().unwrap())
+        );
     }
 
     #[test]

@@ -45,7 +45,7 @@ const BACKSTOP_PROGRAM: &str = "ng_backstop";
 const CLASSIFIER_PROGRAM: &str = "ng_cgroup_mkdir";
 const TRACEFS: &str = "/sys/kernel/tracing";
 const TRACEFS_MAGIC: i64 = 0x7472_6163;
-const BPFFS_MAGIC: i64 = 0xcafe_4a11;
+pub(crate) const BPFFS_MAGIC: i64 = 0xcafe_4a11;
 
 /// How a program's pinned link came to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -400,14 +400,27 @@ fn ensure_mounted(path: &Path, fstype: &str, magic: i64) -> Result<()> {
         return Ok(());
     }
     info!("mounting {fstype} at {}", path.display());
-    let status = std::process::Command::new("mount")
-        .args(["-t", fstype, fstype])
-        .arg(path)
-        .status()
-        .with_context(|| format!("running mount -t {fstype}"))?;
-    if !status.success() || !is_fs(path, magic)? {
+    // The syscall, not mount(8): the container image has no other binary.
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let c_type = std::ffi::CString::new(fstype)?;
+    // SAFETY: NUL-terminated strings that outlive the call; no mount data.
+    let rc = unsafe {
+        libc::mount(
+            c_type.as_ptr(),
+            c_path.as_ptr(),
+            c_type.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    let failed = if rc != 0 {
+        Some(io::Error::last_os_error().to_string())
+    } else {
+        (!is_fs(path, magic)?).then(|| "mounted, but not found there".to_string())
+    };
+    if let Some(error) = failed {
         bail!(
-            "could not mount {fstype} at {}: mount it (`mount -t {fstype} {fstype} {}`)",
+            "could not mount {fstype} at {}: {error}: mount it (`mount -t {fstype} {fstype} {}`)",
             path.display(),
             path.display()
         );
@@ -415,7 +428,7 @@ fn ensure_mounted(path: &Path, fstype: &str, magic: i64) -> Result<()> {
     Ok(())
 }
 
-fn is_fs(path: &Path, magic: i64) -> Result<bool> {
+pub(crate) fn is_fs(path: &Path, magic: i64) -> Result<bool> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: statfs into a zeroed struct with a valid path.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };

@@ -3,6 +3,7 @@
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 use anyhow::Result;
@@ -10,6 +11,8 @@ use aya::maps::{MapData, RingBuf};
 use netguard_common::{BlockReason, BlockedFlow, FAMILY_V4, FAMILY_V6, Hook};
 use tokio::io::unix::AsyncFd;
 use tracing::warn;
+
+use crate::report::Report;
 
 /// A blocked flow in the user's words.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,8 +50,9 @@ impl BlockedFlowEvent {
     }
 }
 
-impl fmt::Display for BlockedFlowEvent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl BlockedFlowEvent {
+    /// `ip:port/proto`, `[ip]:port/proto` for IPv6.
+    pub fn destination_text(&self) -> String {
         let proto = match self.proto {
             1 | 58 => "icmp".to_string(),
             6 => "tcp".to_string(),
@@ -56,22 +60,37 @@ impl fmt::Display for BlockedFlowEvent {
             other => other.to_string(),
         };
         match self.destination {
-            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}/{proto}", self.port)?,
-            Some(ip) => write!(f, "{ip}:{}/{proto}", self.port)?,
-            None => f.write_str("unparseable packet")?,
+            Some(IpAddr::V6(ip)) => format!("[{ip}]:{}/{proto}", self.port),
+            Some(ip) => format!("{ip}:{}/{proto}", self.port),
+            None => "unparseable packet".to_string(),
         }
+    }
+
+    pub fn reason_text(&self) -> &'static str {
+        self.reason.map_or("unknown", BlockReason::as_str)
+    }
+
+    pub fn hook_text(&self) -> &'static str {
+        self.hook.map_or("unknown", Hook::as_str)
+    }
+}
+
+impl fmt::Display for BlockedFlowEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            " cgroup={} reason={} hook={}",
+            "{} cgroup={} reason={} hook={}",
+            self.destination_text(),
             self.cgroup_id,
-            self.reason.map_or("unknown", BlockReason::as_str),
-            self.hook.map_or("unknown", Hook::as_str)
+            self.reason_text(),
+            self.hook_text()
         )
     }
 }
 
-/// Logs every blocked flow the kernel reports until the task is dropped.
-pub async fn log_blocked_flows(ring: RingBuf<MapData>) -> Result<()> {
+/// Reports every blocked flow the kernel sends (log line, API, live stream) until the task
+/// is dropped.
+pub async fn report_blocked_flows(ring: RingBuf<MapData>, report: Arc<Report>) -> Result<()> {
     // SAFETY: the ring buffer owns its descriptor and keeps it open for as long as the
     // AsyncFd that owns the ring buffer lives.
     let mut ring = unsafe { AsyncFd::register(ring) }
@@ -85,7 +104,13 @@ pub async fn log_blocked_flows(ring: RingBuf<MapData>) -> Result<()> {
             }
             // SAFETY: the kernel writes whole BlockedFlow records; read unaligned to be safe.
             let raw: BlockedFlow = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            warn!(target: "netguard::blocked", "blocked {}", BlockedFlowEvent::from_raw(&raw));
+            let event = BlockedFlowEvent::from_raw(&raw);
+            let record = report.blocked(&event);
+            warn!(
+                target: "netguard::blocked",
+                container = record.container,
+                "blocked {event}"
+            );
         }
         guard.clear_ready();
     }

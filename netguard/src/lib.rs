@@ -4,15 +4,22 @@
 //! (netguard-ebpf) enforce it per packet. See `DESIGN.md` for the architecture.
 
 pub mod agent;
+pub mod api;
 pub mod cgroup;
+pub mod client;
 pub mod config;
 pub mod datapath;
 pub mod docker;
+pub mod doctor;
 pub mod events;
 pub mod health;
+pub mod host;
+pub mod http;
 pub mod maps;
+pub mod metrics;
 pub mod netns;
 pub mod policy;
+pub mod report;
 
 /// The compiled kernel programs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netguard"));

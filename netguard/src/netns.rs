@@ -105,7 +105,7 @@ pub fn interface_up(interface: &str) -> io::Result<bool> {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        let rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request);
+        let rc = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut request);
         let error = io::Error::last_os_error();
         libc::close(fd);
         if rc != 0 {

@@ -70,13 +70,18 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent in the host's namespaces and waits until it has synced with Docker.
     pub fn start_on_host(config: &str, config_path: PathBuf) -> Self {
+        Self::start_on_host_until(config, config_path, "Docker: in sync")
+    }
+
+    /// Starts the agent in the host's namespaces and waits for the log line `ready`.
+    pub fn start_on_host_until(config: &str, config_path: PathBuf, ready: &'static str) -> Self {
         std::fs::write(&config_path, config).expect("writing the agent config");
         let mut agent = Self {
             child: None,
             log: Arc::new(Mutex::new(Vec::new())),
             config_path,
             netns: None,
-            ready: "Docker: in sync",
+            ready,
         };
         agent.spawn();
         agent
@@ -101,8 +106,9 @@ impl Agent {
             Some(path) => command_in_netns(netguard_bin(), path),
             None => std::process::Command::new(netguard_bin()),
         };
+        // A port of its own: a real agent (or a leftover) on the default port must not matter.
         let mut child = command
-            .args(["run", "--config"])
+            .args(["run", "--listen", "127.0.0.1:0", "--config"])
             .arg(&self.config_path)
             .env("NETGUARD_LOG", "info")
             .stderr(Stdio::piped())
@@ -140,6 +146,11 @@ impl Agent {
         self.spawn();
     }
 
+    /// The running agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the agent runs").id()
+    }
+
     /// SIGKILL: the agent gets no chance to clean up.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -169,6 +180,21 @@ impl Agent {
             .iter()
             .filter(|l| l.contains(needle))
             .count()
+    }
+
+    /// The address its HTTP server listens on (in its network namespace), from its log.
+    pub fn http_address(&self) -> std::net::SocketAddr {
+        const SERVING: &str = "serving /metrics and /api/v1 on http://";
+        let mut address = None;
+        wait_for("the agent's HTTP address in its log", || {
+            address = self
+                .log_lines(SERVING)
+                .last()
+                .and_then(|line| line.split(SERVING).nth(1))
+                .and_then(|rest| rest.trim().parse().ok());
+            address.is_some()
+        });
+        address.unwrap()
     }
 
     pub fn log_lines(&self, needle: &str) -> Vec<String> {

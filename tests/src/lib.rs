@@ -8,8 +8,10 @@
 pub mod agent;
 pub mod cgroups;
 pub mod docker;
+pub mod http;
 pub mod lab;
 pub mod probe;
+pub mod prometheus;
 pub mod sniffer;
 pub mod wireguard;
 

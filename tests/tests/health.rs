@@ -149,19 +149,37 @@ fn a_stale_handshake_takes_the_tunnel_down_and_a_fresh_one_brings_it_back() {
         0,
         "something got out while the tunnel was down"
     );
-    // Kept in the pinned slot: up, down, up again; shown by `netguard status`.
+    // Kept in the pinned slot: up, down, up again; shown by `netguard status` and /metrics.
     let slot = pinned_maps(&pin).gateways().unwrap()[0].2;
     assert_eq!(slot.transitions, 3, "{slot:?}");
     assert!(slot.last_change_secs > 0);
+    let api = agent.http_address();
     let status = std::process::Command::new(netguard_tests::agent::netguard_bin())
-        .args(["status", "--json", "--pin-dir"])
-        .arg(&pin.path)
+        .args(["status", "--json", "--agent", &api.to_string()])
         .output()
         .unwrap();
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(
         status.contains("\"tunnel_up\":true") && status.contains("\"transitions\":3"),
         "{status}"
+    );
+    let (_, metrics) = netguard_tests::http::get(api, "/metrics");
+    let samples = netguard_tests::http::parse_exposition(&metrics);
+    let gateway_sample = |name: &str| {
+        samples
+            .iter()
+            .find(|s| s.name == name && s.label("gateway").is_some())
+            .map(|s| s.value)
+    };
+    assert_eq!(gateway_sample("netguard_tunnel_up"), Some(1.0), "{metrics}");
+    assert_eq!(
+        gateway_sample("netguard_tunnel_transitions_total"),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        gateway_sample("netguard_tunnel_last_change_timestamp_seconds"),
+        Some(slot.last_change_secs as f64)
     );
 }
 

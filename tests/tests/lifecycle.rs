@@ -154,6 +154,7 @@ fn bad_configuration_exits_64_with_one_line_naming_the_value() {
         ),
         (protect_root.as_str(), "cgroup2 root"),
         ("[[protect]]\ncgroup = \"/etc\"\n", "/etc"),
+        ("listen = \"127.0.0.1\"\n", "\"127.0.0.1\""),
     ];
     for (text, named) in cases {
         let path = dir.path.join("netguard.toml");
@@ -177,4 +178,113 @@ fn bad_configuration_exits_64_with_one_line_naming_the_value() {
         );
         assert_eq!(output.status.code(), Some(64), "{stderr}");
     }
+}
+
+/// Runs `netguard run` with `config` and `env` (through `wrapper` if given); returns the
+/// exit code and stderr.
+fn run_agent(wrapper: &[&str], config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = netguard_tests::TempDir::new("config");
+    let path = dir.path.join("netguard.toml");
+    std::fs::write(&path, config).unwrap();
+    let bin = netguard_tests::agent::netguard_bin();
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = std::process::Command::new(program);
+            command.args(args).arg(&bin);
+            command
+        }
+        None => std::process::Command::new(&bin),
+    };
+    let output = command
+        .args(["run", "--config"])
+        .arg(&path)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn environment_typos_and_missing_privileges_are_one_line_errors() {
+    netguard_tests::require_root();
+    let config = "pin_dir = \"/sys/fs/bpf/ngt-never-created\"\ndocker = false\n";
+    let (code, stderr) = run_agent(
+        &[],
+        config,
+        &[("NETGUARD_INTERNAL_CIDRS", "10.0.0.0/8,10.1.0.0/33")],
+    );
+    assert_eq!(code, Some(64), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("\"10.1.0.0/33\"") && stderr.contains("e.g."),
+        "{stderr}"
+    );
+
+    let (code, stderr) = run_agent(&[], config, &[("NETGUARD_LISTEN", "localhost:http")]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("\"localhost:http\""), "{stderr}");
+
+    // An unprivileged user: refused before anything is loaded, naming what is missing.
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ];
+    let (code, stderr) = run_agent(&nobody, config, &[]);
+    assert_eq!(code, Some(77), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("CAP_SYS_ADMIN") && stderr.contains("sudo") && stderr.contains("--cap-add"),
+        "{stderr}"
+    );
+}
+
+/// Docker unreachable at start-up (dockerd late at boot, the socket not mounted): one line
+/// names the socket and the fix, and the agent enforces all the same: exiting before
+/// attaching would leave containers Docker starts meanwhile unguarded.
+#[test]
+fn an_unreachable_docker_socket_is_named_and_enforcement_starts_anyway() {
+    netguard_tests::require_root();
+    let mut parent = netguard_tests::cgroups::TestCgroup::new_parent();
+    let protected = parent.child("protected");
+    let pin = netguard_tests::agent::PinDir::new();
+    let config = format!(
+        "pin_dir = {:?}\nattach_cgroups = [{:?}]\ndocker_socket = \"/run/ngt-no-such-docker.sock\"\n\
+         [[protect]]\ncgroup = {:?}\n",
+        pin.path.display().to_string(),
+        parent.path.display().to_string(),
+        protected.display().to_string(),
+    );
+    let agent = netguard_tests::agent::Agent::start_on_host_until(
+        &config,
+        std::env::temp_dir().join(format!("ngt{}-nodocker.toml", netguard_tests::unique_tag())),
+        "netguard ready",
+    );
+    netguard_tests::wait_for("the Docker socket error", || {
+        agent.count("/run/ngt-no-such-docker.sock") > 0
+    });
+    let errors = agent.log_lines("/run/ngt-no-such-docker.sock");
+    assert!(
+        errors[0].contains("ERROR")
+            && errors[0].contains("--no-docker")
+            && errors[0].contains("held"),
+        "{errors:?}"
+    );
+    let policies = netguard_tests::agent::pinned_maps(&pin).policies().unwrap();
+    let id = netguard_tests::cgroups::TestCgroup::id(&protected);
+    assert!(
+        policies
+            .iter()
+            .any(|(cgroup, p)| *cgroup == id && p.is_protected()),
+        "enforcing without Docker: {policies:?}"
+    );
+    let (status, body) = netguard_tests::http::get(agent.http_address(), "/readyz");
+    assert_eq!(status, 503, "not ready until Docker answers: {body}");
+    assert!(body.contains("\"docker\":\"connecting\""), "{body}");
 }

@@ -11,12 +11,15 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 /// Debian packages the build and the lab need.
-const PACKAGES: [&str; 5] = [
+const PACKAGES: [&str; 8] = [
     "iproute2",
     "wireguard-go",
     "wireguard-tools",
     "docker.io",
     "busybox-static",
+    "prometheus",
+    "qemu-user-static",
+    "docker-compose",
 ];
 /// Debian packages bpf-linker links against (only needed to build it).
 const LLVM_PACKAGES: [&str; 3] = ["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
@@ -72,6 +75,10 @@ enum Task {
         #[arg(long = "lab")]
         lab: Vec<String>,
     },
+    /// Static (musl) release binaries for x86_64 and aarch64 in target/dist/.
+    Dist,
+    /// The container image (`netguard:latest`, FROM scratch) from the Dockerfile.
+    Image,
     /// Install what is missing, build, and run the agent (`netguard run ARGS...`).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -94,6 +101,12 @@ fn run(cli: Cli) -> Result<()> {
     env::set_current_dir(&root)?;
     match cli.command {
         Task::Test { lab } => test(&root, &lab),
+        Task::Dist => dist(&root).map(drop),
+        Task::Image => {
+            dist(&root)?;
+            step("docker build -t netguard:latest .");
+            run_checked(Command::new("docker").args(["build", "-t", "netguard:latest", "."]))
+        }
         Task::Run { args } => {
             install_missing()?;
             step("building netguard (release)");
@@ -139,6 +152,20 @@ fn test(root: &Path, lab: &[String]) -> Result<()> {
         "xtask",
     ]);
     totals.run(&mut unit)?;
+    let binaries = dist(root)?;
+    step("the aarch64 binary under qemu-user");
+    for args in [&["--version"][..], &["doctor", "--help"]] {
+        let output = Command::new("qemu-aarch64-static")
+            .arg(&binaries[1].1)
+            .args(args)
+            .output()
+            .context("qemu-aarch64-static (apt-get install qemu-user-static)")?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() || !stdout.contains("netguard") && !stdout.contains("Usage") {
+            bail!("netguard {args:?} under qemu-aarch64: {output:?}");
+        }
+        print!("{stdout}");
+    }
     step("building the agent and the probe for the lab");
     cargo(&["build", "-p", "netguard", "-p", "ng-probe"])?;
     step("building the static probe for the test image");
@@ -361,6 +388,52 @@ fn host_triple() -> Result<String> {
 
 fn cargo(args: &[&str]) -> Result<()> {
     run_checked(Command::new("cargo").args(args))
+}
+
+/// Docker's name for each architecture netguard ships for, and Rust's target.
+const DIST_TARGETS: [(&str, &str); 2] = [
+    ("amd64", "x86_64-unknown-linux-musl"),
+    ("arm64", "aarch64-unknown-linux-musl"),
+];
+
+/// Builds the static binaries into target/dist/netguard-<arch>; returns (arch, path).
+fn dist(root: &Path) -> Result<Vec<(&'static str, PathBuf)>> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()?;
+    let installed = String::from_utf8_lossy(&installed.stdout).into_owned();
+    let dist = root.join("target/dist");
+    std::fs::create_dir_all(&dist)?;
+    let mut built = Vec::new();
+    for (arch, target) in DIST_TARGETS {
+        if !installed.lines().any(|l| l.trim() == target) {
+            step(&format!("rustup target add {target}"));
+            run_checked(Command::new("rustup").args(["target", "add", target]))?;
+        }
+        step(&format!("static netguard for {arch} ({target})"));
+        // rust-lld links musl's self-contained start files for any architecture: no cross
+        // C toolchain needed.
+        let linker = format!(
+            "CARGO_TARGET_{}_LINKER",
+            target.to_uppercase().replace('-', "_")
+        );
+        run_checked(
+            Command::new("cargo")
+                .args(["build", "--release", "-p", "netguard", "--target", target])
+                .env(linker, "rust-lld")
+                .env(
+                    "RUSTFLAGS",
+                    "-C target-feature=+crt-static -C strip=symbols",
+                ),
+        )?;
+        let path = dist.join(format!("netguard-{arch}"));
+        std::fs::copy(
+            root.join(format!("target/{target}/release/netguard")),
+            &path,
+        )?;
+        built.push((arch, path));
+    }
+    Ok(built)
 }
 
 fn run_checked(command: &mut Command) -> Result<()> {

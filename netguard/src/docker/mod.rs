@@ -12,6 +12,7 @@ pub mod labels;
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
@@ -32,6 +33,7 @@ use crate::{
     health::{self, Evidence, HealthPolicy, TunnelHealth},
     netns,
     policy::{ContainerId, GatewayId, GatewaySpec, TunnelInterface},
+    report::{ContainerFacts, DockerSync, Report},
 };
 use labels::ContainerLabels;
 
@@ -123,12 +125,12 @@ pub struct Watcher {
     unclassified_seen: HashSet<CgroupId>,
     /// Set when a gateway appeared or moved: containers behind it are reconciled again.
     resync_soon: bool,
-    /// Malformed or unknown labels seen on containers, for the operator (and metrics).
-    pub label_problems: u64,
+    /// What operators see (API, metrics): containers' names, images and cgroups.
+    report: Arc<Report>,
 }
 
 impl Watcher {
-    pub fn new(datapath: Datapath, options: WatchOptions) -> Self {
+    pub fn new(datapath: Datapath, options: WatchOptions, report: Arc<Report>) -> Self {
         Self {
             datapath,
             options,
@@ -136,7 +138,7 @@ impl Watcher {
             gateways: HashMap::new(),
             unclassified_seen: HashSet::new(),
             resync_soon: false,
-            label_problems: 0,
+            report,
         }
     }
 
@@ -144,7 +146,9 @@ impl Watcher {
     pub async fn run(mut self) -> Result<()> {
         let mut backoff = Duration::from_secs(1);
         loop {
-            match self.session(&mut backoff).await {
+            let result = self.session(&mut backoff).await;
+            self.report.set_docker(DockerSync::Connecting);
+            match result {
                 Ok(()) => warn!("Docker event stream ended; reconnecting"),
                 Err(error) => warn!(
                     "Docker at {}: {error:#}; retrying in {backoff:?} (enforcement in the kernel is unaffected)",
@@ -257,6 +261,7 @@ impl Watcher {
         }
         self.collect_garbage(true)?;
         let protected = self.containers.values().filter(|t| t.protected).count();
+        self.report.set_docker(DockerSync::InSync);
         info!(
             containers = self.containers.len(),
             protected, "Docker: in sync"
@@ -369,7 +374,7 @@ impl Watcher {
         tracked.name = name.clone();
         for problem in &parsed.problems {
             if tracked.reported.insert(problem.clone()) {
-                self.label_problems += 1;
+                self.report.label_problem();
                 warn!(container = name, id = id.short(), "{problem}");
             }
         }
@@ -383,8 +388,34 @@ impl Watcher {
         let shared_with = network_mode.strip_prefix("container:").map(str::to_string);
         let policy = self.policy_for(&parsed, shared_with.as_deref());
         self.datapath.maps.register_container(id, policy)?;
+        let label = |key: &str| labels.get(key).cloned();
+        let mut facts = ContainerFacts {
+            name: name.clone(),
+            image: info
+                .config
+                .as_ref()
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default(),
+            // Compose's labels, else a Swarm stack's.
+            compose_project: label("com.docker.compose.project")
+                .or_else(|| label("com.docker.stack.namespace"))
+                .unwrap_or_default(),
+            compose_service: label("com.docker.compose.service")
+                .or_else(|| label("com.docker.swarm.service.name"))
+                .unwrap_or_default(),
+            vpn_required: parsed.protected,
+            vpn_gateway: parsed.is_gateway,
+            gateway: self
+                .gateways
+                .iter()
+                .find(|(_, slot)| slot.0 == policy.gateway)
+                .map(|(name, _)| name.clone()),
+            cgroup_path: None,
+            running: false,
+        };
 
         let (Some(pid), true) = (pid, running) else {
+            self.report.container_seen(id, facts, None);
             return Ok(());
         };
         let cgroup = match inventory::process_cgroup(&self.options.cgroup_root, pid, id.as_str()) {
@@ -395,6 +426,7 @@ impl Watcher {
                     container = name,
                     "exited before it was classified: {error:#}"
                 );
+                self.report.container_seen(id, facts, None);
                 return Ok(());
             }
             Err(error) => return Err(error),
@@ -439,6 +471,9 @@ impl Watcher {
         }
         tracked.protected = parsed.protected;
         tracked.backstops = backstops;
+        facts.running = true;
+        facts.cgroup_path = Some(cgroup.path);
+        self.report.container_seen(id, facts, Some(cgroup.id));
         Ok(())
     }
 
@@ -646,6 +681,7 @@ impl Watcher {
     /// The container stopped: its cgroup is gone; its registration stays so that a restart
     /// is classified at once; counters stay until it is destroyed.
     fn stopped(&mut self, id: &ContainerId) -> Result<()> {
+        self.report.container_stopped(id);
         let Some(tracked) = self.containers.get_mut(id) else {
             return Ok(());
         };
@@ -667,6 +703,12 @@ impl Watcher {
         let Some(tracked) = self.containers.get(id) else {
             return Ok(());
         };
+        // Its last instance's counters stay visible for the metrics' grace period.
+        let last = match tracked.history.last() {
+            Some(cgroup) => self.datapath.maps.counters(*cgroup)?.unwrap_or_default(),
+            None => netguard_common::Counters::default(),
+        };
+        self.report.container_removed(id, last);
         for cgroup in tracked.history.clone() {
             self.datapath.maps.forget(cgroup)?;
         }
