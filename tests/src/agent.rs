@@ -28,6 +28,28 @@ pub fn netguard_bin() -> PathBuf {
     path
 }
 
+/// `setpriv` arguments that run a program as `nobody`, with no capabilities at all.
+pub const AS_NOBODY: [&str; 6] = [
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all",
+    "--bounding-set=-all",
+];
+
+/// The netguard binary as a command, run through `wrapper` (e.g. [`AS_NOBODY`]) if given.
+pub fn netguard_through(wrapper: &[&str]) -> std::process::Command {
+    match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = std::process::Command::new(program);
+            command.args(args).arg(netguard_bin());
+            command
+        }
+        None => std::process::Command::new(netguard_bin()),
+    }
+}
+
 /// A pin directory of its own, unloaded on drop.
 pub struct PinDir {
     pub path: PathBuf,

@@ -1,23 +1,17 @@
 //! `netguard doctor` on the real host, with a running agent and real containers.
 
-use std::process::Command;
-
 use netguard_tests::{
-    agent::{Agent, PinDir, netguard_bin},
+    agent::{AS_NOBODY, Agent, PinDir, netguard_through},
     docker::DockerLab,
     wait_for,
 };
 
 fn doctor(args: &[&str], wrapper: &[&str]) -> (Option<i32>, String) {
-    let mut command = match wrapper.split_first() {
-        Some((program, rest)) => {
-            let mut command = Command::new(program);
-            command.args(rest).arg(netguard_bin());
-            command
-        }
-        None => Command::new(netguard_bin()),
-    };
-    let output = command.arg("doctor").args(args).output().unwrap();
+    let output = netguard_through(wrapper)
+        .arg("doctor")
+        .args(args)
+        .output()
+        .unwrap();
     (
         output.status.code(),
         format!(
@@ -100,15 +94,7 @@ fn doctor_passes_on_this_host_and_names_protected_containers_that_keep_net_raw()
     assert!(row(&table, "Docker socket").contains("FAIL"), "{table}");
     assert!(table.contains("start dockerd"), "{table}");
 
-    let nobody = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--inh-caps=-all",
-        "--bounding-set=-all",
-    ];
-    let (code, table) = doctor(&["--pin-dir", &pin_dir, "--agent", &api], &nobody);
+    let (code, table) = doctor(&["--pin-dir", &pin_dir, "--agent", &api], &AS_NOBODY);
     assert_eq!(code, Some(1), "{table}");
     let capabilities = row(&table, "capabilities");
     assert!(

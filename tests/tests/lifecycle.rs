@@ -186,16 +186,7 @@ fn run_agent(wrapper: &[&str], config: &str, env: &[(&str, &str)]) -> (Option<i3
     let dir = netguard_tests::TempDir::new("config");
     let path = dir.path.join("netguard.toml");
     std::fs::write(&path, config).unwrap();
-    let bin = netguard_tests::agent::netguard_bin();
-    let mut command = match wrapper.split_first() {
-        Some((program, args)) => {
-            let mut command = std::process::Command::new(program);
-            command.args(args).arg(&bin);
-            command
-        }
-        None => std::process::Command::new(&bin),
-    };
-    let output = command
+    let output = netguard_tests::agent::netguard_through(wrapper)
         .args(["run", "--config"])
         .arg(&path)
         .envs(env.iter().copied())
@@ -228,15 +219,7 @@ fn environment_typos_and_missing_privileges_are_one_line_errors() {
     assert!(stderr.contains("\"localhost:http\""), "{stderr}");
 
     // An unprivileged user: refused before anything is loaded, naming what is missing.
-    let nobody = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--inh-caps=-all",
-        "--bounding-set=-all",
-    ];
-    let (code, stderr) = run_agent(&nobody, config, &[]);
+    let (code, stderr) = run_agent(&netguard_tests::agent::AS_NOBODY, config, &[]);
     assert_eq!(code, Some(77), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
