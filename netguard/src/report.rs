@@ -29,6 +29,8 @@ use crate::{
 const RECENT_FLOWS: usize = 1024;
 /// Blocked flows kept per container for `/api/v1/containers`.
 const RECENT_PER_CONTAINER: usize = 10;
+/// Instances (cgroups) remembered per container.
+const INSTANCES_KEPT: usize = 16;
 /// Live subscribers that fall this far behind lose the oldest flows (and are told so).
 const LIVE_BACKLOG: usize = 1024;
 
@@ -147,6 +149,15 @@ impl Report {
         if let Some(cgroup) = cgroup {
             known.cgroups.retain(|c| *c != cgroup);
             known.cgroups.push(cgroup);
+            // A crash loop makes a cgroup per start: remember the latest few (the others
+            // are gone, and so are their flows).
+            let forgotten: Vec<CgroupId> = known
+                .cgroups
+                .drain(..known.cgroups.len().saturating_sub(INSTANCES_KEPT))
+                .collect();
+            for old in forgotten {
+                inventory.owner.remove(&old);
+            }
             inventory.owner.insert(cgroup, id.clone());
         }
     }
@@ -404,4 +415,30 @@ pub fn gateways(maps: &Maps) -> Result<Vec<GatewayStatus>> {
             last_change_secs: state.last_change_secs,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crash_loop_does_not_grow_what_is_remembered() {
+        let report = Report::new(Vec::new(), Duration::from_secs(1), true);
+        let id: ContainerId = "a".repeat(64).parse().unwrap();
+        for cgroup in 1..=100 {
+            let facts = ContainerFacts {
+                name: "looping".into(),
+                running: true,
+                ..ContainerFacts::default()
+            };
+            report.container_seen(&id, facts, Some(cgroup));
+        }
+        let inventory = report.inventory.read().unwrap();
+        assert_eq!(
+            inventory.containers[&id].cgroups,
+            (85..=100).collect::<Vec<CgroupId>>()
+        );
+        assert_eq!(inventory.owner.len(), INSTANCES_KEPT);
+        assert!(inventory.owner.contains_key(&100) && !inventory.owner.contains_key(&84));
+    }
 }
