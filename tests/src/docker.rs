@@ -11,6 +11,7 @@ use std::{
 
 use crate::{
     TempDir,
+    agent::{Agent, PinDir},
     cgroups::TestCgroup,
     lab::{Lab, Netns},
     probe::ProbeResult,
@@ -43,6 +44,18 @@ fn dockerd_answers() -> bool {
 }
 
 impl DockerLab {
+    /// The agent on the host, attached at the lab's container parent, following Docker,
+    /// with the lab's LAN as an internal network and `extra` TOML; started and in sync.
+    pub fn start_agent(&self, pin: &PinDir, extra: &str) -> Agent {
+        let config = format!(
+            "pin_dir = {:?}\nattach_cgroups = [{:?}]\ninternal_cidrs = [\"198.18.3.0/24\"]\n{extra}",
+            pin.path.display().to_string(),
+            self.parent.path.display().to_string(),
+        );
+        let path = std::env::temp_dir().join(format!("ngt{}-agent.toml", self.lab.tag));
+        Agent::start_on_host(&config, path)
+    }
+
     pub fn new() -> Self {
         assert!(
             dockerd_answers(),

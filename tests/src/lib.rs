@@ -41,6 +41,11 @@ pub fn sh_quiet(args: &[&str]) {
     let _ = Command::new(args[0]).args(&args[1..]).output();
 }
 
+/// The repository's root (the Dockerfile, deploy/, target/dist/).
+pub fn repository_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 /// A short name unique to this test process and fixture, prefixed `ngt` so leftovers are
 /// recognisable.
 pub fn unique_tag() -> String {

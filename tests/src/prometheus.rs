@@ -68,9 +68,7 @@ impl Prometheus {
     pub fn api(&self, endpoint: &str, expr: &str) -> serde_json::Value {
         let path = format!("/api/v1/{endpoint}?query={}", encode(expr));
         let (status, body) = http::get(self.address, &path);
-        let value: serde_json::Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("{path}: {status} {body:?}: {e}"));
-        value
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {status} {body:?}: {e}"))
     }
 
     /// The instant vector `expr` evaluates to: (labels, value) pairs. Panics on an error.

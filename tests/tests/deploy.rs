@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::Command};
 
 fn deploy() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+    netguard_tests::repository_root().join("deploy")
 }
 
 /// `docker-compose config` (Debian's docker-compose) on `file`: the resolved configuration.

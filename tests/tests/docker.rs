@@ -2,7 +2,7 @@
 //! packet, whatever the agent is doing.
 
 use netguard_tests::{
-    agent::{Agent, PinDir, pinned_maps},
+    agent::{PinDir, pinned_maps},
     docker::DockerLab,
     lab::{INTERNET_V4, LAN_V4, addr},
     probe::EPERM,
@@ -12,22 +12,11 @@ use netguard_tests::{
 
 const PROTECTED: &str = "vpn=required";
 
-/// The agent on the host, attached at the lab's container parent, following Docker.
-fn agent(lab: &DockerLab, pin: &PinDir) -> Agent {
-    let config = format!(
-        "pin_dir = {:?}\nattach_cgroups = [{:?}]\ninternal_cidrs = [\"198.18.3.0/24\"]\n",
-        pin.path.display().to_string(),
-        lab.parent.path.display().to_string(),
-    );
-    let path = std::env::temp_dir().join(format!("ngt{}-docker.toml", lab.lab.tag));
-    Agent::start_on_host(&config, path)
-}
-
 #[test]
 fn labeled_container_reaches_internal_hosts_only_and_unlabeled_reaches_both() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let _agent = agent(&lab, &pin);
+    let _agent = lab.start_agent(&pin, "");
     let (internet, lan) = (
         Sniffer::start(&lab.lab.internet),
         Sniffer::start(&lab.lab.lan),
@@ -66,7 +55,7 @@ fn labeled_container_reaches_internal_hosts_only_and_unlabeled_reaches_both() {
 fn fifty_fresh_labeled_containers_never_leak_their_first_packets() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let _agent = agent(&lab, &pin);
+    let _agent = lab.start_agent(&pin, "");
     let internet = Sniffer::start(&lab.lab.internet);
     let protected_sink = netguard_tests::sniffer::TcpSink::start(&lab.lab.internet, 7003);
     let control_sink = netguard_tests::sniffer::TcpSink::start(&lab.lab.internet, 7004);
@@ -110,7 +99,7 @@ fn fifty_fresh_labeled_containers_never_leak_their_first_packets() {
 fn raw_frames_from_a_protected_container_never_arrive() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let _agent = agent(&lab, &pin);
+    let _agent = lab.start_agent(&pin, "");
     let internet = Sniffer::start(&lab.lab.internet);
     let marker = b"netguard raw frame";
 
@@ -176,7 +165,7 @@ fn containers_running_before_the_agent_starts_are_protected() {
     let pin = PinDir::new();
     let internet = Sniffer::start(&lab.lab.internet);
     let early = lab.start(&[PROTECTED], &[]);
-    let _agent = agent(&lab, &pin);
+    let _agent = lab.start_agent(&pin, "");
     let policy = pinned_maps(&pin).policies().unwrap();
     let cgroup = lab.cgroup_id(&early);
     assert!(
@@ -201,7 +190,7 @@ fn containers_running_before_the_agent_starts_are_protected() {
 fn a_labeled_container_started_while_the_agent_is_down_is_protected_from_its_first_packet() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let mut agent = agent(&lab, &pin);
+    let mut agent = lab.start_agent(&pin, "");
     let internet = Sniffer::start(&lab.lab.internet);
     agent.kill9();
 
@@ -254,7 +243,7 @@ fn containers_sharing_a_gateway_netns_use_its_tunnel_and_nothing_else() {
     };
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let _agent = agent(&lab, &pin);
+    let _agent = lab.start_agent(&pin, "");
     let internet = Sniffer::start(&lab.lab.internet);
     let wg = format!("wg{}g", lab.lab.tag);
     let gateway = lab.start(
@@ -403,7 +392,7 @@ fn containers_sharing_a_gateway_netns_use_its_tunnel_and_nothing_else() {
 fn dockerd_restarting_under_a_running_agent_leaves_consistent_state() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let agent = agent(&lab, &pin);
+    let agent = lab.start_agent(&pin, "");
     let internet = Sniffer::start(&lab.lab.internet);
     let container = lab.start(&[PROTECTED], &["--restart", "always"]);
     let old_cgroup = lab.cgroup_id(&container);
@@ -450,7 +439,7 @@ fn dockerd_restarting_under_a_running_agent_leaves_consistent_state() {
 fn a_malformed_label_is_reported_and_the_container_stays_protected() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let agent = agent(&lab, &pin);
+    let agent = lab.start_agent(&pin, "");
     let internet = Sniffer::start(&lab.lab.internet);
     // A typo'd CIDR and a typo'd key: both reported, neither loosens anything.
     let container = lab.start(
@@ -489,7 +478,7 @@ fn a_malformed_label_is_reported_and_the_container_stays_protected() {
 fn restarts_crash_loops_and_renames_keep_protection_and_destroy_leaves_nothing() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let _agent = agent(&lab, &pin);
+    let _agent = lab.start_agent(&pin, "");
     let internet = Sniffer::start(&lab.lab.internet);
     let baseline_policies = pinned_maps(&pin).policies().unwrap().len();
 
@@ -575,7 +564,7 @@ fn restarts_crash_loops_and_renames_keep_protection_and_destroy_leaves_nothing()
 fn a_network_created_under_a_running_agent_becomes_internal() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let _agent = agent(&lab, &pin);
+    let _agent = lab.start_agent(&pin, "");
     let network = format!("ngt{}-net", lab.lab.tag);
     let subnet = "172.31.213.0/24";
     netguard_tests::sh(&[

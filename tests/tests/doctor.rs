@@ -1,7 +1,7 @@
 //! `netguard doctor` on the real host, with a running agent and real containers.
 
 use netguard_tests::{
-    agent::{AS_NOBODY, Agent, PinDir, netguard_through},
+    agent::{AS_NOBODY, PinDir, netguard_through},
     docker::DockerLab,
     wait_for,
 };
@@ -33,15 +33,7 @@ fn row<'a>(table: &'a str, check: &str) -> &'a str {
 fn doctor_passes_on_this_host_and_names_protected_containers_that_keep_net_raw() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let config = format!(
-        "pin_dir = {:?}\nattach_cgroups = [{:?}]\n",
-        pin.path.display().to_string(),
-        lab.parent.path.display().to_string(),
-    );
-    let agent = Agent::start_on_host(
-        &config,
-        std::env::temp_dir().join(format!("ngt{}-doctor.toml", lab.lab.tag)),
-    );
+    let agent = lab.start_agent(&pin, "");
     let api = agent.http_address().to_string();
     let keeps = lab.start(&["vpn=required"], &[]);
     let drops = lab.start(&["vpn=required"], &["--cap-drop", "NET_RAW"]);

@@ -13,7 +13,7 @@ use std::{
 
 use netguard_common::BlockReason;
 use netguard_tests::{
-    agent::{Agent, PinDir, pinned_maps},
+    agent::{PinDir, pinned_maps},
     docker::DockerLab,
     lab::{INTERNET_V4, TUNNEL_CLIENT_V4, addr},
     probe::{EPERM, LiveProbe},
@@ -21,18 +21,6 @@ use netguard_tests::{
     wait_for,
     wireguard::{Tunnel, ip_in},
 };
-
-fn agent(lab: &DockerLab, pin: &PinDir) -> Agent {
-    let config = format!(
-        "pin_dir = {:?}\nattach_cgroups = [{:?}]\ninternal_cidrs = [\"198.18.3.0/24\"]\n",
-        pin.path.display().to_string(),
-        lab.parent.path.display().to_string(),
-    );
-    Agent::start_on_host(
-        &config,
-        std::env::temp_dir().join(format!("ngt{}-health.toml", lab.lab.tag)),
-    )
-}
 
 /// A gateway container with `labels` and a WireGuard tunnel to the lab's provider carrying
 /// the internet host's subnet; returns its id, netns and the tunnel.
@@ -77,7 +65,7 @@ fn behind(lab: &DockerLab, gateway: &str, pin: &PinDir) -> (String, u64) {
 fn a_stale_handshake_takes_the_tunnel_down_and_a_fresh_one_brings_it_back() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let agent = agent(&lab, &pin);
+    let agent = lab.start_agent(&pin, "");
     let internet = Sniffer::start(&lab.lab.internet);
     let (gw, netns, mut tunnel) = gateway(
         &lab,
@@ -187,7 +175,7 @@ fn a_stale_handshake_takes_the_tunnel_down_and_a_fresh_one_brings_it_back() {
 fn docker_health_status_drives_the_tunnel_state() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let _agent = agent(&lab, &pin);
+    let _agent = lab.start_agent(&pin, "");
     let health = [
         "--health-cmd",
         "test -f /healthy",
@@ -283,7 +271,7 @@ impl Drop for ControlServer {
 fn gluetun_control_server_drives_the_tunnel_state() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let _agent = agent(&lab, &pin);
+    let _agent = lab.start_agent(&pin, "");
     let (gw, netns, _tunnel) = gateway(
         &lab,
         &[
@@ -323,7 +311,7 @@ fn gluetun_control_server_drives_the_tunnel_state() {
 fn measured_from_the_down_decision_to_the_first_refused_packet() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let _agent = agent(&lab, &pin);
+    let _agent = lab.start_agent(&pin, "");
     let (gw, _netns, _tunnel) = gateway(&lab, &["netguard.health=interface"], &[]);
     let (client, _) = behind(&lab, &gw, &pin);
     wait_for("the tunnel up", || tunnel_up(&pin) == Some(true));

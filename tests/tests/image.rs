@@ -1,7 +1,7 @@
 //! The shipped container image: built from the repository's Dockerfile, run privileged under
 //! the real dockerd as users run it, protecting a labelled container.
 
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
 use netguard_tests::{
     agent::PinDir,
@@ -14,10 +14,6 @@ use netguard_tests::{
 };
 
 const AGENT_IMAGE: &str = "netguard-test/agent:latest";
-
-fn repository() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// `docker logs` of a container, stdout and stderr.
 fn logs(container: &str) -> String {
@@ -34,7 +30,7 @@ fn logs(container: &str) -> String {
 
 #[test]
 fn the_image_run_privileged_protects_a_labeled_container() {
-    let binary = repository().join("target/dist/netguard-amd64");
+    let binary = netguard_tests::repository_root().join("target/dist/netguard-amd64");
     assert!(
         binary.exists(),
         "{} is missing: `cargo xtask test` builds it (cargo xtask dist)",
@@ -48,7 +44,7 @@ fn the_image_run_privileged_protects_a_labeled_container() {
         TEST_LABEL,
         "-t",
         AGENT_IMAGE,
-        &repository().to_string_lossy(),
+        &netguard_tests::repository_root().to_string_lossy(),
     ]);
     let lab = DockerLab::new();
     let pin = PinDir::new();

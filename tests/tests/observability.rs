@@ -5,7 +5,6 @@ use std::{
     collections::BTreeSet,
     io::{BufRead as _, BufReader},
     net::SocketAddr,
-    path::PathBuf,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::Instant,
@@ -13,7 +12,7 @@ use std::{
 
 use netguard::api::ContainerStatus;
 use netguard_tests::{
-    agent::{Agent, PinDir, netguard_bin},
+    agent::{PinDir, netguard_bin},
     docker::DockerLab,
     http::{self, Sample, parse_exposition},
     lab::{INTERNET_V4, LAN_V4, addr},
@@ -24,21 +23,6 @@ use netguard_tests::{
 
 const PROTECTED: &str = "vpn=required";
 const IMAGE: &str = "netguard-test/probe:latest";
-
-/// The agent on the host, attached at the lab's container parent, following Docker.
-fn agent(lab: &DockerLab, pin: &PinDir, extra: &str) -> Agent {
-    let config = format!(
-        "pin_dir = {:?}\nattach_cgroups = [{:?}]\ninternal_cidrs = [\"198.18.3.0/24\"]\n{extra}",
-        pin.path.display().to_string(),
-        lab.parent.path.display().to_string(),
-    );
-    let path = std::env::temp_dir().join(format!("ngt{}-observability.toml", lab.lab.tag));
-    Agent::start_on_host(&config, path)
-}
-
-fn repository() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn metrics(agent: SocketAddr) -> Vec<Sample> {
     let (status, body) = http::get(agent, "/metrics");
@@ -84,7 +68,7 @@ fn docker_name(id: &str) -> String {
 
 /// Every `expr` of the Grafana dashboard.
 fn dashboard_expressions() -> Vec<String> {
-    let path = repository().join("deploy/grafana/dashboards/netguard.json");
+    let path = netguard_tests::repository_root().join("deploy/grafana/dashboards/netguard.json");
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let mut exprs = Vec::new();
@@ -117,7 +101,7 @@ fn as_promql(expr: &str) -> String {
 fn prometheus_scrapes_each_containers_bytes_with_the_documented_labels() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let agent = agent(&lab, &pin, "");
+    let agent = lab.start_agent(&pin, "");
     let api = agent.http_address();
     let project = format!("ngt{}", lab.lab.tag);
     let compose = |service: &str| {
@@ -141,7 +125,10 @@ fn prometheus_scrapes_each_containers_bytes_with_the_documented_labels() {
     let refused = lab.exec_probe(&protected, &["udp", &addr(INTERNET_V4), "7303", "3", "10"]);
     assert_eq!(refused.errno, EPERM, "{refused:?}");
 
-    let prometheus = Prometheus::start(api, &[&repository().join("deploy/prometheus/alerts.yml")]);
+    let prometheus = Prometheus::start(
+        api,
+        &[&netguard_tests::repository_root().join("deploy/prometheus/alerts.yml")],
+    );
     let series = |id: &str| {
         format!(
             "netguard_container_transmit_bytes_total{{job=\"netguard\",container_id=\"{}\"}}",
@@ -212,14 +199,13 @@ fn prometheus_scrapes_each_containers_bytes_with_the_documented_labels() {
     // Nothing is firing that should not: the protected container is protected.
     let unprotected = prometheus.query("ALERTS{alertname=\"NetguardContainerUnprotected\"}");
     assert!(unprotected.is_empty(), "{unprotected:?}");
-    let _ = prometheus.log();
 }
 
 #[test]
 fn every_metric_of_the_dashboard_and_alerts_is_live_and_promtool_accepts_them() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let agent = agent(&lab, &pin, "");
+    let agent = lab.start_agent(&pin, "");
     let api = agent.http_address();
     // A gateway, so the tunnel series exist too.
     let gateway = lab.start(&["netguard.role=vpn-gateway"], &[]);
@@ -244,7 +230,7 @@ fn every_metric_of_the_dashboard_and_alerts_is_live_and_promtool_accepts_them() 
         String::from_utf8_lossy(&linted.stdout),
         String::from_utf8_lossy(&linted.stderr)
     );
-    let rules = repository().join("deploy/prometheus/alerts.yml");
+    let rules = netguard_tests::repository_root().join("deploy/prometheus/alerts.yml");
     let checked = Command::new("promtool")
         .args(["check", "rules"])
         .arg(&rules)
@@ -292,7 +278,7 @@ fn every_metric_of_the_dashboard_and_alerts_is_live_and_promtool_accepts_them() 
 fn containers_sharing_a_gateway_netns_are_counted_apart_in_metrics() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let agent = agent(&lab, &pin, "");
+    let agent = lab.start_agent(&pin, "");
     let api = agent.http_address();
     let gateway = lab.start(&["netguard.role=vpn-gateway"], &[]);
     wait_classified(api, &gateway);
@@ -391,7 +377,7 @@ impl Drop for Observer {
 fn observe_prints_each_blocked_flow_as_it_happens() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let agent = agent(&lab, &pin, "");
+    let agent = lab.start_agent(&pin, "");
     let api = agent.http_address();
     let protected = lab.start(&[PROTECTED], &[]);
     wait_classified(api, &protected);
@@ -450,7 +436,7 @@ fn observe_prints_each_blocked_flow_as_it_happens() {
 fn the_api_is_read_only_status_names_containers_and_destroyed_series_expire() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let mut agent = agent(&lab, &pin, "metrics_grace_secs = 5\n");
+    let mut agent = lab.start_agent(&pin, "metrics_grace_secs = 5\n");
     let api = agent.http_address();
     assert_eq!(http::get(api, "/healthz").0, 200);
     let (status, body) = http::get(api, "/readyz");
@@ -548,7 +534,7 @@ fn the_api_is_read_only_status_names_containers_and_destroyed_series_expire() {
 fn scrape_cost_with_200_containers() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let agent = agent(&lab, &pin, "");
+    let agent = lab.start_agent(&pin, "");
     let api = agent.http_address();
     let script = format!(
         "seq 200 | xargs -P 8 -I{{}} sh -c 'docker run -d --label netguard.test=1 --label ngt.lab={tag} \
