@@ -5,8 +5,10 @@
 //! padding. Changing a layout here changes [`DATAPATH_ABI`].
 #![no_std]
 
+pub mod parse;
+
 /// Layout version of the pinned maps. A pinned datapath whose version differs is not adopted.
-pub const DATAPATH_ABI: u64 = 2;
+pub const DATAPATH_ABI: u64 = 3;
 
 /// How many cgroup levels below the root the programs look up for a policy.
 pub const MAX_CGROUP_DEPTH: i32 = 16;
@@ -45,9 +47,12 @@ pub mod maps {
     pub const CONTAINERS: &str = "NG_CONTAINERS";
     /// Scratch space for the classifier (one path buffer per CPU).
     pub const PATH_SCRATCH: &str = "NG_PATH_SCRATCH";
+    /// The kernel programs' rare diagnostics (aya-log's ring buffer), forwarded to the
+    /// agent's log.
+    pub const LOGS: &str = "AYA_LOGS";
 
     /// Every map, in the order the agent pins them.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         POLICY,
         INTERNAL_V4,
         INTERNAL_V6,
@@ -60,6 +65,7 @@ pub mod maps {
         META,
         CONTAINERS,
         PATH_SCRATCH,
+        LOGS,
     ];
 }
 

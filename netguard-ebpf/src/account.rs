@@ -1,9 +1,13 @@
-//! Counting and blocked-flow events. Nothing here decides a verdict.
+//! Counting, and the one way every program settles a verdict: a pass is counted as sent
+//! (packets) or left alone (calls), a block is counted with its reason and reported as a
+//! blocked-flow event.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use netguard_common::{BlockReason, BlockedFlow, Counters, EVENTS_PER_SECOND, EventBudget, Hook};
+use netguard_common::{
+    BlockReason, BlockedFlow, Counters, EVENTS_PER_SECOND, EventBudget, Hook, parse::Flow,
+};
 
-use crate::{COUNTERS, EVENT_BUDGET, EVENTS, parse::Flow};
+use crate::maps::{COUNTERS, EVENT_BUDGET, EVENTS};
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
 
@@ -16,30 +20,51 @@ pub fn counters(cgroup: u64) -> Option<&'static mut Counters> {
     }
     // BPF_NOEXIST: another CPU may have created it meanwhile; either way look it up again.
     let _ = COUNTERS.insert(cgroup, Counters::default(), 1);
+    // SAFETY: as above.
     COUNTERS.get_ptr_mut(cgroup).map(|ptr| unsafe { &mut *ptr })
 }
 
+/// Settles `verdict` for traffic of `cgroup` seen at `hook`: returns whether it may pass.
+/// `bytes` is the IP packet's length (0 for a `connect()`/`sendto()` call).
 #[inline(always)]
-pub fn count_block(counters: &mut Counters, reason: BlockReason, bytes: u64) {
+pub fn settle(
+    cgroup: u64,
+    verdict: Result<(), BlockReason>,
+    flow: Option<&Flow>,
+    hook: Hook,
+    bytes: u32,
+) -> bool {
+    let mut counters = counters(cgroup);
+    let reason = match verdict {
+        Ok(()) => {
+            if let (Hook::Egress, Some(c)) = (hook, counters) {
+                c.tx_packets += 1;
+                c.tx_bytes += u64::from(bytes);
+            }
+            return true;
+        }
+        Err(reason) => reason,
+    };
     let slot = reason as usize;
-    if slot < counters.blocked_packets.len() {
-        counters.blocked_packets[slot] += 1;
-        counters.blocked_bytes[slot] += bytes;
+    if let Some(c) = counters.as_deref_mut()
+        && slot < c.blocked_packets.len()
+    {
+        match hook {
+            Hook::Connect | Hook::Sendmsg => c.refused_calls[slot] += 1,
+            Hook::Egress | Hook::Backstop => {
+                c.blocked_packets[slot] += 1;
+                c.blocked_bytes[slot] += u64::from(bytes);
+            }
+        }
     }
-}
-
-#[inline(always)]
-pub fn count_refusal(counters: &mut Counters, reason: BlockReason) {
-    let slot = reason as usize;
-    if slot < counters.refused_calls.len() {
-        counters.refused_calls[slot] += 1;
-    }
+    report(cgroup, flow, reason, hook, bytes, counters);
+    false
 }
 
 /// Emits a blocked-flow event unless `cgroup` has used its budget for this second or the
 /// ring buffer is full; either way the suppression is counted.
 #[inline(always)]
-pub fn report(
+fn report(
     cgroup: u64,
     flow: Option<&Flow>,
     reason: BlockReason,

@@ -8,9 +8,10 @@
 use aya_ebpf::{
     EbpfContext as _, helpers::bpf_probe_read_kernel_str_bytes, programs::TracePointContext,
 };
+use aya_log_ebpf::{error, info};
 use netguard_common::{CONTAINER_ID_LEN, CgroupPolicy, ContainerKey, PATH_SCRATCH_LEN};
 
-use crate::{CONTAINERS, PATH_SCRATCH, POLICY};
+use crate::maps::{CONTAINERS, PATH_SCRATCH, POLICY};
 
 /// Record layout of `cgroup:cgroup_mkdir` (events/cgroup/cgroup_mkdir/format).
 const ROOT_OFFSET: usize = 8;
@@ -23,11 +24,49 @@ const SCOPE_PREFIX: &[u8; 7] = b"docker-";
 const SCOPE_SUFFIX: &[u8; 6] = b".scope";
 const MASK: usize = PATH_SCRATCH_LEN - 1;
 
-pub fn classify_new_cgroup(ctx: &TracePointContext) -> Result<(), i64> {
+/// Gives the new cgroup of a container its policy, and says so in the agent's log (a rare
+/// event: once per container start).
+pub fn classify_new_cgroup(ctx: &TracePointContext) {
+    let Ok(Some((cgroup, key, policy))) = container_policy(ctx) else {
+        return;
+    };
+    let id = short_id(&key);
+    let kind = if policy.is_unclassified() {
+        "held (unclassified) until the agent classifies it"
+    } else if policy.is_protected() {
+        "protected"
+    } else {
+        "counted only"
+    };
+    match POLICY.insert(cgroup, policy, 0) {
+        Ok(()) => info!(ctx, "cgroup {} of container {}: {}", cgroup, id, kind),
+        Err(errno) => error!(
+            ctx,
+            "cgroup {} of container {}: writing its policy failed ({}): it is not enforced \
+             until the agent classifies it",
+            cgroup,
+            id,
+            errno
+        ),
+    }
+}
+
+/// The first 12 characters of the id, as Docker shows it.
+#[inline(always)]
+fn short_id(key: &ContainerKey) -> &str {
+    // SAFETY: container_policy accepted only lowercase hex digits.
+    unsafe { core::str::from_utf8_unchecked(&key.id[..12]) }
+}
+
+/// A new container cgroup, its container and the policy it gets; `None` for any other cgroup.
+#[inline(always)]
+fn container_policy(
+    ctx: &TracePointContext,
+) -> Result<Option<(u64, ContainerKey, CgroupPolicy)>, i64> {
     // SAFETY: fixed offsets of this tracepoint's record.
     let root: i32 = unsafe { ctx.read_at(ROOT_OFFSET)? };
     if root != CGROUP2_HIERARCHY {
-        return Ok(());
+        return Ok(None);
     }
     let cgroup: u64 = unsafe { ctx.read_at(ID_OFFSET)? };
     let path_loc: u32 = unsafe { ctx.read_at(PATH_LOC_OFFSET)? };
@@ -40,7 +79,7 @@ pub fn classify_new_cgroup(ctx: &TracePointContext) -> Result<(), i64> {
     };
     let len = path.len();
     let Some(start) = container_id_start(buf, len) else {
-        return Ok(());
+        return Ok(None);
     };
     let mut key = ContainerKey {
         id: [0; CONTAINER_ID_LEN],
@@ -48,7 +87,7 @@ pub fn classify_new_cgroup(ctx: &TracePointContext) -> Result<(), i64> {
     for i in 0..CONTAINER_ID_LEN {
         let c = buf[(start + i) & MASK];
         if !c.is_ascii_hexdigit() || c.is_ascii_uppercase() {
-            return Ok(());
+            return Ok(None);
         }
         key.id[i] = c;
     }
@@ -56,7 +95,7 @@ pub fn classify_new_cgroup(ctx: &TracePointContext) -> Result<(), i64> {
     let policy = unsafe { CONTAINERS.get(key) }
         .copied()
         .unwrap_or(CgroupPolicy::UNCLASSIFIED);
-    POLICY.insert(cgroup, policy, 0).map_err(i64::from)
+    Ok(Some((cgroup, key, policy)))
 }
 
 /// Where the container id starts in the path of `len` bytes, if it names a container.

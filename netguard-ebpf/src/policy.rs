@@ -1,12 +1,36 @@
-//! The one decision: may this flow leave, for this cgroup's policy?
+//! The one decision: which policy applies to a cgroup, and may this flow leave under it?
 
 use aya_ebpf::maps::lpm_trie::Key;
 use netguard_common::{
-    BlockReason, CgroupPolicy, EndpointKey, FAMILY_V4, SCOPE_BITS, SCOPE_GLOBAL, ScopedV4,
-    ScopedV6, TUNNEL_UP,
+    BlockReason, CgroupPolicy, EndpointKey, FAMILY_V4, MAX_CGROUP_DEPTH, SCOPE_BITS, SCOPE_GLOBAL,
+    ScopedV4, ScopedV6, TUNNEL_UP, parse::Flow,
 };
 
-use crate::{ENDPOINTS, GATEWAYS, INTERNAL_V4, INTERNAL_V6, parse::Flow};
+use crate::maps::{ENDPOINTS, GATEWAYS, INTERNAL_V4, INTERNAL_V6, POLICY};
+
+/// The policy that applies to a cgroup: the shallowest protected one among it and its
+/// ancestors (so no entry below a protected cgroup, count-only or not, can loosen it), else
+/// the shallowest count-only one. Returns the owning cgroup's id with it.
+#[inline(always)]
+pub fn find_policy(ancestor: impl Fn(i32) -> u64) -> Option<(u64, CgroupPolicy)> {
+    let mut counted_only = None;
+    for level in 1..=MAX_CGROUP_DEPTH {
+        let id = ancestor(level);
+        if id == 0 {
+            break;
+        }
+        // SAFETY: the value is copied out at once.
+        if let Some(policy) = unsafe { POLICY.get(id) } {
+            if policy.is_protected() {
+                return Some((id, *policy));
+            }
+            if counted_only.is_none() {
+                counted_only = Some((id, *policy));
+            }
+        }
+    }
+    counted_only
+}
 
 /// What is known of the route the flow takes.
 #[derive(Clone, Copy)]

@@ -122,6 +122,20 @@ pub struct BlockedFlowRecord {
     pub bytes: u32,
 }
 
+impl BlockedFlowRecord {
+    /// Who was blocked, in the operator's words: the container's name and short id, else
+    /// the cgroup (`unclassified cgroup N` when nothing names it yet).
+    pub fn who(&self) -> String {
+        let short = &self.container_id[..self.container_id.len().min(12)];
+        match (self.container.as_str(), short) {
+            ("", "") => format!("unclassified cgroup {}", self.cgroup),
+            ("", id) => format!("container {id} (cgroup {})", self.cgroup),
+            (name, "") => name.to_string(),
+            (name, id) => format!("{name} ({id})"),
+        }
+    }
+}
+
 /// `/readyz`'s answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Readiness {
@@ -141,4 +155,15 @@ pub enum FlowStreamLine {
     Lagged {
         lagged: u64,
     },
+}
+
+/// `netguard status --json`: the same shape whether the agent answered or only the pinned
+/// maps could be read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// `agent` (its API answered) or `pins` (read from the pinned maps: no Docker names,
+    /// images or recent flows).
+    pub source: String,
+    pub gateways: Vec<GatewayStatus>,
+    pub containers: Vec<ContainerStatus>,
 }

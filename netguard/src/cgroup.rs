@@ -1,12 +1,17 @@
-//! cgroup v2: finding the unified hierarchy and naming cgroups by id.
+//! cgroup v2: finding the unified hierarchy, naming cgroups by id and by path, and finding a
+//! container's cgroup from its process.
 
 use std::{
     fs,
-    os::unix::fs::MetadataExt as _,
+    os::{fd::AsFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
 
+use anyhow::{Context as _, Result};
 use thiserror::Error;
+
+pub use crate::domain::CgroupId;
+use crate::sys;
 
 #[derive(Debug, Error)]
 pub enum CgroupError {
@@ -23,9 +28,6 @@ pub enum CgroupError {
     #[error("{path} is not inside the cgroup2 hierarchy mounted at {root}: pass a path under it")]
     NotCgroup2 { path: PathBuf, root: PathBuf },
 }
-
-/// A cgroup v2 id: the inode number of its directory, as `bpf_skb_cgroup_id` reports it.
-pub type CgroupId = u64;
 
 /// Where cgroup v2 is mounted: `/sys/fs/cgroup` on pure v2 hosts, `/sys/fs/cgroup/unified`
 /// on hybrid ones. Read from mountinfo rather than assumed.
@@ -80,5 +82,134 @@ impl Cgroup {
             }),
             Err(source) => Err(CgroupError::Unusable { path, source }),
         }
+    }
+
+    /// Its path below the hierarchy's root, as `/a/b` (the root itself is `/`).
+    pub fn relative(&self, root: &Path) -> String {
+        relative_name(root, &self.path)
+    }
+}
+
+fn relative_name(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .map_or_else(|_| path.to_path_buf(), |p| Path::new("/").join(p))
+        .display()
+        .to_string()
+}
+
+/// The cgroup v2 hierarchy, open, to ask about cgroups by id (cgroup ids are kernfs file
+/// handles, so no walk of the tree is needed).
+pub struct Hierarchy {
+    root: PathBuf,
+    dir: fs::File,
+}
+
+impl Hierarchy {
+    pub fn open(root: &Path) -> Result<Self> {
+        let dir = fs::File::open(root).with_context(|| format!("opening {}", root.display()))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            dir,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether the cgroup `id` still exists.
+    pub fn exists(&self, id: CgroupId) -> Result<bool> {
+        Ok(sys::open_cgroup_by_id(self.dir.as_fd(), id)
+            .with_context(|| format!("asking whether cgroup {id} exists"))?
+            .is_some())
+    }
+
+    /// The path of cgroup `id` below the root (`/docker/<id>`), if it still exists.
+    pub fn name_of(&self, id: CgroupId) -> Result<Option<String>> {
+        let Some(fd) = sys::open_cgroup_by_id(self.dir.as_fd(), id)? else {
+            return Ok(None);
+        };
+        Ok(Some(relative_name(&self.root, &sys::path_of(fd)?)))
+    }
+}
+
+/// The cgroup v2 a process is in, from `/proc/<pid>/cgroup` (`0::<path>`), which names it
+/// the same way whatever the driver (cgroupfs or systemd) and parent.
+/// When the container's init moved into a child cgroup of its own (systemd or Docker inside
+/// the container), the container's cgroup is the ancestor named after `container`.
+pub fn process_cgroup(root: &Path, pid: u32, container: &str) -> Result<Cgroup> {
+    let file = format!("/proc/{pid}/cgroup");
+    let text = fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
+    let relative = text
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .with_context(|| format!("{file} has no cgroup v2 line"))?;
+    let chosen = container_cgroup(relative, container);
+    let path = root.join(chosen.strip_prefix("/").unwrap_or(&chosen));
+    Ok(Cgroup::resolve(root, &path)?)
+}
+
+/// The container's own cgroup within a process's cgroup path: the deepest component named
+/// `<id>` or `docker-<id>.scope`, else the whole path.
+fn container_cgroup(relative: &str, container: &str) -> PathBuf {
+    let mut path = PathBuf::from("/");
+    let mut named = None;
+    for component in Path::new(relative).components().skip(1) {
+        path.push(component);
+        let name = component.as_os_str().to_string_lossy();
+        if name == container || name == format!("docker-{container}.scope") {
+            named = Some(path.clone());
+        }
+    }
+    named.unwrap_or(path)
+}
+
+/// The container id a cgroup path names, if its last component is `<id>` or
+/// `docker-<id>.scope` (cgroupfs and systemd drivers).
+pub fn container_of_path(path: &str) -> Option<crate::domain::ContainerId> {
+    let last = path.rsplit('/').next()?;
+    let id = last
+        .strip_prefix("docker-")
+        .and_then(|rest| rest.strip_suffix(".scope"))
+        .unwrap_or(last);
+    id.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_container_cgroup_is_the_one_named_after_it() {
+        let id = "ab".repeat(32);
+        let cases = [
+            (format!("/docker/{id}"), format!("/docker/{id}")),
+            (format!("/docker/{id}/init"), format!("/docker/{id}")),
+            (
+                format!("/system.slice/docker-{id}.scope"),
+                format!("/system.slice/docker-{id}.scope"),
+            ),
+            (
+                format!("/my.slice/docker-{id}.scope/init.scope"),
+                format!("/my.slice/docker-{id}.scope"),
+            ),
+            ("/elsewhere/x".to_string(), "/elsewhere/x".to_string()),
+        ];
+        for (from, want) in cases {
+            assert_eq!(container_cgroup(&from, &id), PathBuf::from(want), "{from}");
+        }
+    }
+
+    #[test]
+    fn container_ids_are_read_from_both_drivers_names() {
+        let id = "cd".repeat(32);
+        for path in [
+            format!("/docker/{id}"),
+            format!("/system.slice/docker-{id}.scope"),
+        ] {
+            assert_eq!(container_of_path(&path).unwrap().as_str(), id, "{path}");
+        }
+        assert!(container_of_path("/system.slice/cron.service").is_none());
+        assert!(container_of_path(&format!("/docker/{id}/init")).is_none());
     }
 }

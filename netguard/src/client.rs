@@ -15,12 +15,10 @@ use hyper_util::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::api::{
-    self, BlockedFlowRecord, ContainerStatus, FlowStreamLine, GatewayStatus, Readiness,
+use crate::{
+    api::{self, BlockedFlowRecord, ContainerStatus, FlowStreamLine, GatewayStatus, Readiness},
+    config::ANSWER_TIMEOUT,
 };
-
-/// How long the CLI waits for the agent's answer (not for the live flow stream).
-const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The agent at `address` (its `--listen`); an unspecified address means this host.
 pub struct AgentClient {
@@ -133,14 +131,13 @@ impl AgentClient {
 
 /// `netguard observe`'s line for a blocked flow.
 pub fn flow_line(flow: &BlockedFlowRecord) -> String {
-    let who = match (flow.container.as_str(), flow.container_id.get(..12)) {
-        ("", _) => format!("cgroup {}", flow.cgroup),
-        (name, Some(id)) => format!("{name} ({id})"),
-        (name, None) => name.to_string(),
-    };
     format!(
-        "{}  {who}  -> {}  {}  [{}]",
-        flow.time, flow.destination, flow.reason, flow.hook
+        "{}  {}  -> {}  {}  [{}]",
+        flow.time,
+        flow.who(),
+        flow.destination,
+        flow.reason,
+        flow.hook
     )
 }
 

@@ -8,7 +8,16 @@ use bollard::{
     query_parameters::{InspectContainerOptions, ListContainersOptionsBuilder},
 };
 
-use crate::{cgroup::cgroup2_root, client::AgentClient, docker::labels, host, maps::Maps};
+use crate::{
+    cgroup::cgroup2_root,
+    client::AgentClient,
+    host,
+    kernel::{
+        Maps,
+        pins::{BPFFS_MAGIC, is_fs},
+    },
+    labels,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Outcome {
@@ -154,7 +163,7 @@ fn cgroup_namespace() -> Check {
 
 fn bpffs() -> Check {
     let path = Path::new("/sys/fs/bpf");
-    match crate::datapath::is_fs(path, crate::datapath::BPFFS_MAGIC) {
+    match is_fs(path, BPFFS_MAGIC) {
         Ok(true) => pass("bpffs", path.display().to_string()),
         _ => short_of(
             Outcome::Warn,

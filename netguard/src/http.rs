@@ -18,7 +18,7 @@ use tokio::{net::TcpListener, sync::broadcast::error::RecvError};
 
 use crate::{
     api::{self, FlowStreamLine},
-    maps::Maps,
+    kernel::Maps,
     metrics,
     report::{self, DockerSync, Report},
 };

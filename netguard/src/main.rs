@@ -1,15 +1,17 @@
-//! The netguard command line: a thin layer over the library.
+//! The netguard command line: parses arguments and hands each command to the library.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use netguard::{
-    DEFAULT_PIN_DIR, agent,
-    config::{Config, FlagConfig},
-    datapath,
-    maps::Maps,
+    agent, cli,
+    client::AgentClient,
+    config::{
+        Config, ConfigError, DEFAULT_DOCKER_SOCKET, DEFAULT_LISTEN, DEFAULT_PIN_DIR, FlagConfig,
+        parse_listen,
+    },
+    host::PrivilegeError,
 };
-use netguard_common::BlockReason;
 use tracing_subscriber::EnvFilter;
 
 /// Exit status for a configuration error (EX_USAGE).
@@ -57,7 +59,7 @@ enum Command {
         agent: AgentArgs,
         #[arg(long, env = "NETGUARD_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
-        #[arg(long, env = "NETGUARD_DOCKER_SOCKET", default_value = netguard::docker::DEFAULT_SOCKET)]
+        #[arg(long, env = "NETGUARD_DOCKER_SOCKET", default_value = DEFAULT_DOCKER_SOCKET)]
         docker_socket: PathBuf,
     },
     /// Remove every pinned program and map: protection stops.
@@ -70,14 +72,14 @@ enum Command {
 #[derive(clap::Args)]
 struct AgentArgs {
     /// The agent's HTTP address (its --listen).
-    #[arg(long, env = "NETGUARD_LISTEN", default_value = netguard::config::DEFAULT_LISTEN)]
+    #[arg(long, env = "NETGUARD_LISTEN", default_value = DEFAULT_LISTEN)]
     agent: String,
 }
 
 impl AgentArgs {
     /// The agent's client; `None` when its HTTP server is off.
-    fn client(&self) -> anyhow::Result<Option<netguard::client::AgentClient>> {
-        Ok(netguard::config::parse_listen(&self.agent)?.map(netguard::client::AgentClient::new))
+    fn client(&self) -> Result<Option<AgentClient>, ConfigError> {
+        Ok(parse_listen(&self.agent)?.map(AgentClient::new))
     }
 }
 
@@ -135,46 +137,29 @@ fn main() -> ExitCode {
             agent,
             pin_dir,
             json,
-        } => status(&agent, &pin_dir, json),
+        } => agent
+            .client()
+            .map_err(Into::into)
+            .and_then(|client| cli::status(client, &pin_dir, json)),
         Command::Doctor {
             agent,
             pin_dir,
             docker_socket,
-        } => doctor(&agent, &pin_dir, &docker_socket),
-        Command::Observe { agent, json } => match agent.client() {
-            Ok(Some(client)) => client_runtime()
-                .and_then(|runtime| runtime.block_on(netguard::client::observe(&client, json))),
-            Ok(None) => Err(netguard::config::ConfigError(
-                "observe needs the agent's HTTP server, which is off (--listen off): run the \
-                 agent with --listen"
-                    .into(),
-            )
-            .into()),
-            Err(error) => Err(error),
-        },
-        Command::Unload { pin_dir } => match datapath::unload(&pin_dir) {
-            Ok(true) => {
-                eprintln!(
-                    "netguard unloaded from {}: protection is off",
-                    pin_dir.display()
-                );
-                Ok(())
-            }
-            Ok(false) => {
-                eprintln!("nothing pinned at {}", pin_dir.display());
-                Ok(())
-            }
-            Err(error) => Err(error),
-        },
+        } => cli::doctor(agent.client().ok().flatten(), &pin_dir, &docker_socket),
+        Command::Observe { agent, json } => agent
+            .client()
+            .map_err(Into::into)
+            .and_then(|client| cli::observe(client, json)),
+        Command::Unload { pin_dir } => cli::unload(&pin_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            if let Some(config_error) = error.downcast_ref::<netguard::config::ConfigError>() {
+            if let Some(config_error) = error.downcast_ref::<ConfigError>() {
                 eprintln!("netguard: {config_error}");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            if let Some(denied) = error.downcast_ref::<netguard::host::PrivilegeError>() {
+            if let Some(denied) = error.downcast_ref::<PrivilegeError>() {
                 eprintln!("netguard: {denied}");
                 return ExitCode::from(EXIT_NO_PERMISSION);
             }
@@ -211,140 +196,4 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(agent::run(config))
-}
-
-fn doctor(
-    agent: &AgentArgs,
-    pin_dir: &std::path::Path,
-    docker_socket: &std::path::Path,
-) -> anyhow::Result<()> {
-    use netguard::doctor::{DoctorOptions, Outcome, examine, table};
-    let checks = client_runtime()?.block_on(examine(DoctorOptions {
-        pin_dir,
-        docker_socket,
-        agent: agent.client().ok().flatten(),
-    }));
-    print!("{}", table(&checks));
-    let failed = checks.iter().filter(|c| c.outcome == Outcome::Fail).count();
-    if failed > 0 {
-        anyhow::bail!("{failed} checks failed: see the remedies above");
-    }
-    Ok(())
-}
-
-fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
-fn status(agent: &AgentArgs, pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let from_agent = match agent.client()? {
-        Some(client) => client_runtime()?.block_on(async {
-            Ok::<_, anyhow::Error>((client.gateways().await?, client.containers().await?))
-        }),
-        None => Err(anyhow::anyhow!(
-            "the agent's HTTP server is off (--listen off)"
-        )),
-    };
-    match from_agent {
-        Ok((gateways, containers)) if json => {
-            println!(
-                "{}",
-                serde_json::json!({ "gateways": gateways, "containers": containers })
-            );
-            Ok(())
-        }
-        Ok((gateways, containers)) => {
-            print!("{}", netguard::client::status_table(&gateways, &containers));
-            Ok(())
-        }
-        Err(error) if pin_dir.exists() => {
-            eprintln!("netguard: {error:#}");
-            eprintln!(
-                "netguard: showing the pinned maps at {} instead (enforcement continues \
-                 without the agent; container names need it)",
-                pin_dir.display()
-            );
-            status_from_pins(pin_dir, json)
-        }
-        Err(error) => Err(error),
-    }
-}
-
-/// Each cgroup's policy and counters, straight from the pinned maps.
-fn status_from_pins(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let maps = Maps::open_pinned(pin_dir)?;
-    let mut rows = Vec::new();
-    for (cgroup, policy) in maps.policies()? {
-        let counters = maps.counters(cgroup)?.unwrap_or_default();
-        rows.push((cgroup, policy, counters));
-    }
-    let gateways: Vec<String> = maps
-        .gateways()?
-        .iter()
-        .map(|(slot, name, g)| {
-            format!(
-                "{{\"gateway\":{name:?},\"slot\":{},\"tunnel_up\":{},\"transitions\":{},\"last_change_secs\":{}}}",
-                slot.0,
-                g.tunnel_up == 1,
-                g.transitions,
-                g.last_change_secs
-            )
-        })
-        .collect();
-    if json {
-        println!("{{\"gateways\":[{}],\"cgroups\":", gateways.join(","));
-        let items: Vec<String> = rows
-            .iter()
-            .map(|(cgroup, policy, c)| {
-                let blocked: Vec<String> = BlockReason::ALL
-                    .iter()
-                    .map(|r| format!("\"{}\":{}", r.as_str(), c.blocked_packets[*r as usize]))
-                    .collect();
-                format!(
-                    "{{\"cgroup_id\":{cgroup},\"protected\":{},\"gateway\":{},\"transmit_bytes\":{},\
-                     \"transmit_packets\":{},\"receive_bytes\":{},\"receive_packets\":{},\
-                     \"blocked_packets\":{{{}}}}}",
-                    policy.is_protected(),
-                    policy.gateway,
-                    c.tx_bytes,
-                    c.tx_packets,
-                    c.rx_bytes,
-                    c.rx_packets,
-                    blocked.join(",")
-                )
-            })
-            .collect();
-        println!("[{}]}}", items.join(","));
-    } else {
-        println!(
-            "{:>20} {:>5} {:>7} {:>11} {:>14}",
-            "GATEWAY", "SLOT", "TUNNEL", "TRANSITIONS", "LAST CHANGE"
-        );
-        for (slot, name, g) in maps.gateways()? {
-            let tunnel = if g.tunnel_up == 1 { "up" } else { "down" };
-            println!(
-                "{:>20} {:>5} {:>7} {:>11} {:>14}",
-                name, slot.0, tunnel, g.transitions, g.last_change_secs
-            );
-        }
-        println!();
-        println!(
-            "{:>12} {:>9} {:>7} {:>12} {:>12} {:>10}",
-            "CGROUP", "PROTECTED", "GATEWAY", "TX BYTES", "RX BYTES", "BLOCKED"
-        );
-        for (cgroup, policy, c) in rows {
-            println!(
-                "{:>12} {:>9} {:>7} {:>12} {:>12} {:>10}",
-                cgroup,
-                if policy.is_protected() { "yes" } else { "no" },
-                policy.gateway,
-                c.tx_bytes,
-                c.rx_bytes,
-                c.blocked_packets.iter().sum::<u64>()
-            );
-        }
-    }
-    Ok(())
 }

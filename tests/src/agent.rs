@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use netguard::maps::Maps;
+use netguard::kernel::Maps;
 
 use crate::{
     lab::{Netns, command_in_netns},
@@ -71,7 +71,7 @@ impl Default for PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        if let Err(error) = netguard::datapath::unload(&self.path) {
+        if let Err(error) = netguard::kernel::pins::unload(&self.path) {
             eprintln!("unloading {}: {error:#}", self.path.display());
         }
     }

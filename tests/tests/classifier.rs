@@ -1,7 +1,7 @@
 //! The cgroup_mkdir classifier, driven by real cgroup creation in a test-owned tree: it must
 //! recognise Docker's container cgroups under both drivers and any parent, and nothing else.
 
-use netguard::{datapath::Datapath, policy::ContainerId};
+use netguard::{domain::ContainerId, kernel::Datapath};
 use netguard_common::CgroupPolicy;
 use netguard_tests::{agent::PinDir, cgroups::TestCgroup, require_root};
 
@@ -21,11 +21,11 @@ fn container_cgroups_of_both_drivers_are_classified_at_creation() {
     };
     datapath
         .maps
-        .register_container(&id('a').parse::<ContainerId>().unwrap(), protected)
+        .register(&id('a').parse::<ContainerId>().unwrap(), protected)
         .unwrap();
     datapath
         .maps
-        .register_container(
+        .register(
             &id('b').parse::<ContainerId>().unwrap(),
             CgroupPolicy::default(),
         )

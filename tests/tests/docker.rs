@@ -16,7 +16,7 @@ const PROTECTED: &str = "vpn=required";
 fn labeled_container_reaches_internal_hosts_only_and_unlabeled_reaches_both() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
-    let _agent = lab.start_agent(&pin, "");
+    let agent = lab.start_agent(&pin, "");
     let (internet, lan) = (
         Sniffer::start(&lab.lab.internet),
         Sniffer::start(&lab.lab.lan),
@@ -48,7 +48,12 @@ fn labeled_container_reaches_internal_hosts_only_and_unlabeled_reaches_both() {
         0,
         "the labeled container reached the internet"
     );
-    let _ = pinned_maps(&pin);
+    // The kernel classified each container at its creation and said so in the agent's log.
+    let long_lived = lab.start(&[PROTECTED], &[]);
+    let classified = format!("of container {}: protected", &long_lived[..12]);
+    wait_for("the kernel's classifier line in the agent's log", || {
+        agent.count(&classified) == 1
+    });
 }
 
 #[test]
@@ -216,6 +221,12 @@ fn a_labeled_container_started_while_the_agent_is_down_is_protected_from_its_fir
     );
 
     agent.restart();
+    // The classifier's decision, taken while the agent was away, reaches its log through the
+    // pinned kernel log.
+    let held = format!("of container {}: held (unclassified)", &container[..12]);
+    wait_for("the kernel's classifier line in the agent's log", || {
+        agent.count(&held) == 1
+    });
     let after = pinned_maps(&pin).policies().unwrap();
     assert!(
         after
@@ -254,7 +265,7 @@ fn containers_sharing_a_gateway_netns_use_its_tunnel_and_nothing_else() {
         ],
         &[],
     );
-    let netns = netguard::docker::inventory::netns_of(lab.pid(&gateway));
+    let netns = netguard::netns::of_process(lab.pid(&gateway));
     let _tunnel = Tunnel::from_netns(&netns, &wg, &lab.lab);
     ip_in(&netns, &["route", "add", "198.18.2.0/24", "dev", &wg]);
     let tunnel_up = |up: u32| {
@@ -555,7 +566,7 @@ fn restarts_crash_loops_and_renames_keep_protection_and_destroy_leaves_nothing()
     netguard_tests::sh(&["sh", "-c", &script]);
     wait_for("every registration and policy entry gone", || {
         let maps = pinned_maps(&pin);
-        maps.registered_containers().unwrap().is_empty()
+        maps.registrations().unwrap().is_empty()
             && maps.policies().unwrap().len() == baseline_policies
     });
 }
@@ -583,9 +594,9 @@ fn a_network_created_under_a_running_agent_becomes_internal() {
     };
     wait_for("the new network's subnet to be internal", || {
         pinned_maps(&pin)
-            .scope_cidrs(0)
+            .cidrs()
             .unwrap()
-            .contains(&subnet.parse().unwrap())
+            .contains(&(0, subnet.parse().unwrap()))
     });
     let peer = lab.start_with(
         &[],

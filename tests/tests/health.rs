@@ -34,7 +34,7 @@ fn gateway(lab: &DockerLab, labels: &[&str], extra: &[&str]) -> (String, PathBuf
     all.extend(labels.iter().map(|l| l.to_string()));
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     let id = lab.start(&all, extra);
-    let netns = netguard::docker::inventory::netns_of(lab.pid(&id));
+    let netns = netguard::netns::of_process(lab.pid(&id));
     let tunnel = Tunnel::from_netns(&netns, &wg, &lab.lab);
     ip_in(&netns, &["route", "add", "198.18.2.0/24", "dev", &wg]);
     (id, netns, tunnel)

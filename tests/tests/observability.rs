@@ -10,7 +10,7 @@ use std::{
     time::Instant,
 };
 
-use netguard::api::ContainerStatus;
+use netguard::api::{ContainerStatus, StatusReport};
 use netguard_tests::{
     agent::{PinDir, netguard_bin},
     docker::DockerLab,
@@ -514,18 +514,53 @@ fn the_api_is_read_only_status_names_containers_and_destroyed_series_expire() {
         tx(&metrics(api)).is_none()
     });
 
-    // The agent gone: status says so and falls back to what stays enforced.
+    // The agent gone: status says so and falls back to what stays enforced, in the same
+    // format, for a container that still runs.
+    let running = lab.start(&[PROTECTED], &[]);
+    wait_classified(api, &running);
+    let sent = lab.exec_probe(&running, &["udp", &addr(LAN_V4), "7332", "2", "22"]);
+    assert!(sent.ok, "{sent:?}");
+    let status_json = |with_agent: bool| {
+        let mut command = Command::new(netguard_bin());
+        command.args(["status", "--json", "--agent", &api.to_string(), "--pin-dir"]);
+        let output = command.arg(&pin.path).output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let report: StatusReport = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
+        assert_eq!(report.source, if with_agent { "agent" } else { "pins" });
+        let entry = report
+            .containers
+            .into_iter()
+            .find(|c| c.id == running)
+            .unwrap_or_else(|| panic!("{running} missing: {output:?}"));
+        assert!(entry.protected && entry.running, "{entry:?}");
+        assert_eq!(entry.counters.transmit_bytes, 100, "{entry:?}");
+        (String::from_utf8_lossy(&output.stderr).into_owned(), entry)
+    };
+    let (_, from_agent) = status_json(true);
+    assert_eq!(from_agent.name, docker_name(&running));
     agent.kill9();
+    let (stderr, from_pins) = status_json(false);
+    assert!(
+        stderr.contains("no netguard agent answers") && stderr.contains("pinned maps"),
+        "{stderr}"
+    );
+    assert!(
+        from_pins.name.ends_with(&running),
+        "named by its cgroup: {from_pins:?}"
+    );
     let fallback = Command::new(netguard_bin())
         .args(["status", "--agent", &api.to_string(), "--pin-dir"])
         .arg(&pin.path)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&fallback.stderr);
-    assert!(fallback.status.success(), "{stderr}");
+    let table = String::from_utf8_lossy(&fallback.stdout);
+    assert!(fallback.status.success(), "{table}");
     assert!(
-        stderr.contains("no netguard agent answers") && stderr.contains("pinned maps"),
-        "{stderr}"
+        table
+            .lines()
+            .any(|l| l.contains(&running[..12]) && l.contains("protected")),
+        "the same table from the pins: {table}"
     );
 }
 

@@ -34,7 +34,7 @@ fn tunnel_setup() -> (Setup, Tunnel) {
     (Setup::start(lab, options), tunnel)
 }
 
-fn gateway_id(s: &Setup) -> netguard::policy::GatewayId {
+fn gateway_id(s: &Setup) -> netguard::domain::GatewayId {
     let gateways = pinned_maps(&s.pin).gateways().unwrap();
     assert_eq!(gateways.len(), 1, "{gateways:?}");
     gateways[0].0

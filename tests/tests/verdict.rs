@@ -3,8 +3,16 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use std::collections::BTreeSet;
+
 use aya::programs::{TestRun, TestRunOptions};
-use netguard::{datapath::Datapath, policy::GatewaySpec};
+use netguard::{
+    kernel::Datapath,
+    reconcile::{
+        DesiredState, GatewayPlan, Policy,
+        apply::{Applier, Prune},
+    },
+};
 use netguard_common::{BlockReason, Counters};
 use netguard_tests::{cgroups::ProcessInCgroup, require_root};
 
@@ -27,9 +35,12 @@ const ROUTING: u8 = 43;
 const FRAGMENT: u8 = 44;
 const DSTOPTS: u8 = 60;
 
-/// A protected policy for this test process's own cgroup, in private maps.
+/// A protected policy for this test process's own cgroup, in private maps, written by the
+/// agent's own applier.
 struct Verdicts {
     datapath: Datapath,
+    applier: Applier,
+    desired: DesiredState,
     cgroup: u64,
     in_cgroup: ProcessInCgroup,
 }
@@ -39,30 +50,56 @@ impl Verdicts {
         require_root();
         let in_cgroup = ProcessInCgroup::enter();
         let cgroup = in_cgroup.cgroup_id();
-        let mut datapath = Datapath::load_unpinned().expect("load the programs");
-        let internal = [
-            "198.18.3.0/24".parse().unwrap(),
-            "fd0e:3::/64".parse().unwrap(),
-        ];
-        datapath.maps.set_internal_cidrs(&internal).unwrap();
-        let spec = GatewaySpec {
-            tunnel: None,
-            endpoints: vec![
-                format!("{ENDPOINT_V4}:{ENDPOINT_PORT}/udp")
-                    .parse()
-                    .unwrap(),
-                format!("[{ENDPOINT_V6}]:{ENDPOINT_PORT}/udp")
-                    .parse()
-                    .unwrap(),
-            ],
+        let datapath = Datapath::load_unpinned().expect("load the programs");
+        let applier = Applier::load(&datapath).unwrap();
+        let mut desired = DesiredState {
+            internal: ["198.18.3.0/24", "fd0e:3::/64"]
+                .map(|cidr| cidr.parse().unwrap())
+                .into(),
+            ..DesiredState::default()
         };
-        let gateway = datapath.maps.set_gateway("vpn", &spec).unwrap();
-        datapath.maps.protect(cgroup, Some(gateway), &[]).unwrap();
-        Self {
+        desired.gateways.insert(
+            "vpn".into(),
+            GatewayPlan {
+                tunnel: None,
+                endpoints: [
+                    format!("{ENDPOINT_V4}:{ENDPOINT_PORT}/udp"),
+                    format!("[{ENDPOINT_V6}]:{ENDPOINT_PORT}/udp"),
+                ]
+                .map(|e| e.parse().unwrap())
+                .into(),
+                up: false,
+            },
+        );
+        desired.policies.insert(
+            cgroup,
+            Policy::Protected {
+                gateway: Some("vpn".into()),
+                allow: BTreeSet::new(),
+            },
+        );
+        let mut verdicts = Self {
             datapath,
+            applier,
+            desired,
             cgroup,
             in_cgroup,
-        }
+        };
+        verdicts.apply();
+        verdicts
+    }
+
+    /// Writes the desired state as the agent does.
+    fn apply(&mut self) {
+        let applied = self
+            .applier
+            .apply(&self.desired, &mut self.datapath, Prune::Yes, 1);
+        assert!(applied.failures.is_empty(), "{:?}", applied.failures);
+    }
+
+    fn set_policy(&mut self, cgroup: u64, policy: Policy) {
+        self.desired.policies.insert(cgroup, policy);
+        self.apply();
     }
 
     /// The cgroup_skb egress verdict on an IP packet (given with its Ethernet header).
@@ -329,7 +366,7 @@ fn fragments_without_ports_reach_internal_hosts_but_never_port_bound_endpoints()
 fn a_count_only_ancestor_cannot_loosen_a_protected_cgroup() {
     let mut v = Verdicts::new();
     let parent = v.in_cgroup.parent_id();
-    v.datapath.maps.count_only(parent).unwrap();
+    v.set_policy(parent, Policy::CountOnly);
     assert_eq!(
         v.egress(&ipv4(EXTERNAL_V4, &[], 0, &udp(53, 4), None)),
         DROP
@@ -339,7 +376,8 @@ fn a_count_only_ancestor_cannot_loosen_a_protected_cgroup() {
         PASS
     );
     // Once the child is only counted too, the parent's entry decides: pass, counted there.
-    v.datapath.maps.count_only(v.cgroup).unwrap();
+    let own = v.cgroup;
+    v.set_policy(own, Policy::CountOnly);
     assert_eq!(
         v.egress(&ipv4(EXTERNAL_V4, &[], 0, &udp(53, 4), None)),
         PASS
@@ -404,7 +442,8 @@ fn truncated_packets_are_dropped_as_malformed_and_counted() {
     assert_eq!(counters.tx_packets, 0);
 
     // The same garbage from a cgroup that is only counted passes: never block the unprotected.
-    v.datapath.maps.count_only(v.cgroup).unwrap();
+    let own = v.cgroup;
+    v.set_policy(own, Policy::CountOnly);
     for (what, frame) in &cases {
         assert_eq!(v.egress(frame), PASS, "unprotected: {what}");
     }
@@ -417,7 +456,7 @@ fn backstop_judges_frames_by_their_destination() {
     // Frames from a test run arrive on loopback; register it for the protected cgroup.
     v.datapath
         .maps
-        .set_backstop_for_test(LOOPBACK_IFINDEX, v.cgroup)
+        .set_backstop(LOOPBACK_IFINDEX, v.cgroup)
         .unwrap();
     let arp = eth(
         0x0806,
@@ -453,10 +492,7 @@ fn backstop_judges_frames_by_their_destination() {
     assert_eq!(c.blocked_packets[BlockReason::TunnelDown as usize], 2);
     assert_eq!(c.blocked_packets[BlockReason::Malformed as usize], 1);
     // A frame on an interface the agent no longer knows: fail closed.
-    v.datapath
-        .maps
-        .remove_backstop_for_test(LOOPBACK_IFINDEX)
-        .unwrap();
+    v.datapath.maps.remove_backstop(LOOPBACK_IFINDEX).unwrap();
     assert_eq!(
         v.backstop(&ipv4(INTERNAL_V4, &[], 0, &udp(53, 4), None)),
         TC_DROP
@@ -466,32 +502,39 @@ fn backstop_judges_frames_by_their_destination() {
 #[test]
 fn removing_a_gateway_rewrites_its_references_before_the_slot_is_reused() {
     let mut v = Verdicts::new();
-    let slot = v.datapath.maps.gateways().unwrap()[0].0;
-    let container: netguard::policy::ContainerId = "c".repeat(64).parse().unwrap();
-    let behind = netguard_common::CgroupPolicy {
-        flags: netguard_common::POLICY_PROTECTED,
-        gateway: slot.0,
+    let slot = v.applier.gateway_slot("vpn").unwrap();
+    let container: netguard::domain::ContainerId = "c".repeat(64).parse().unwrap();
+    let behind = Policy::Protected {
+        gateway: Some("vpn".into()),
+        allow: BTreeSet::new(),
     };
-    v.datapath
-        .maps
-        .register_container(&container, behind)
-        .unwrap();
+    v.desired.registrations.insert(container, behind);
+    v.apply();
     assert_eq!(
         v.egress(&ipv4(ENDPOINT_V4, &[], 0, &udp(ENDPOINT_PORT, 4), None)),
         PASS
     );
 
-    v.datapath.maps.remove_gateway(slot).unwrap();
-    let other = GatewaySpec {
-        tunnel: None,
-        endpoints: vec!["198.18.6.6:1194/udp".parse().unwrap()],
-    };
-    let reused = v.datapath.maps.set_gateway("other", &other).unwrap();
-    assert_eq!(reused, slot, "the freed slot is reused");
+    v.desired.gateways.clear();
+    v.apply();
+    v.desired.gateways.insert(
+        "other".into(),
+        GatewayPlan {
+            tunnel: None,
+            endpoints: ["198.18.6.6:1194/udp".parse().unwrap()].into(),
+            up: false,
+        },
+    );
+    v.apply();
+    assert_eq!(
+        v.applier.gateway_slot("other"),
+        Some(slot),
+        "the freed slot is reused"
+    );
     // Neither the running cgroup nor the registration inherits the new gateway.
     let policies = v.datapath.maps.policies().unwrap();
     assert!(policies.iter().all(|(_, p)| p.gateway == 0), "{policies:?}");
-    let registered = v.datapath.maps.registered_containers().unwrap();
+    let registered = v.datapath.maps.registrations().unwrap();
     assert_eq!(registered[0].1.gateway, 0);
     let to_new_endpoint = ipv4(Ipv4Addr::new(198, 18, 6, 6), &[], 0, &udp(1194, 4), None);
     assert_eq!(v.egress(&to_new_endpoint), DROP);

@@ -1,17 +1,20 @@
 //! What the agent needs from the host and its own process: capabilities, the host's cgroup
 //! namespace, the Docker socket, the kernel. Checked before anything is attached (`run`)
-//! and reported by `netguard doctor`.
+//! and reported by `netguard doctor`. What the host's network says about containers is in
+//! [`network`].
+
+pub mod network;
 
 use std::{
     fmt,
     fs::File,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::{fd::AsFd as _, unix::fs::MetadataExt as _},
     path::Path,
 };
 
 use thiserror::Error;
 
-use crate::config::ConfigError;
+use crate::{config::ConfigError, sys};
 
 /// Capabilities `netguard run` uses: SYS_ADMIN to load BPF programs and attach the
 /// tracepoint (it stands for CAP_BPF and CAP_PERFMON, which Docker before 23 cannot grant),
@@ -85,10 +88,7 @@ pub fn join_host_cgroup_namespace() -> std::io::Result<bool> {
         return Ok(false);
     }
     let namespace = File::open("/proc/1/ns/cgroup")?;
-    // SAFETY: setns on a descriptor we own; affects only this (still single) thread.
-    if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWCGROUP) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    sys::setns(namespace.as_fd(), libc::CLONE_NEWCGROUP)?;
     Ok(true)
 }
 

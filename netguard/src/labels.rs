@@ -1,13 +1,14 @@
-//! The user's interface: container labels.
-
-use ipnet::IpNet;
+//! The user's interface: container labels, read strictly. What they mean for a container's
+//! policy is decided in [`crate::reconcile`].
 
 use std::{net::SocketAddr, time::Duration};
 
+use ipnet::IpNet;
+
 use crate::{
-    config::parse_cidr,
-    health::{Combine, DEFAULT_GLUETUN, DEFAULT_HANDSHAKE_MAX_AGE, HealthPolicy, Source},
-    policy::Endpoint,
+    config::{DEFAULT_GLUETUN, DEFAULT_HANDSHAKE_MAX_AGE, DEFAULT_TUNNELS},
+    domain::{Endpoint, parse_cidr},
+    tunnel::{Combine, HealthPolicy, Source},
 };
 
 pub const VPN: &str = "vpn";
@@ -40,9 +41,6 @@ pub const KNOWN_NETGUARD_KEYS: [&str; 13] = [
     HANDSHAKE_MAX_AGE,
     PROBE,
 ];
-
-/// Default tunnel interfaces looked for in a gateway's namespace, in order.
-pub const DEFAULT_TUNNELS: [&str; 2] = ["wg0", "tun0"];
 
 /// What a container's labels ask for, read strictly: a malformed value never loosens
 /// protection; it is reported in `problems`.

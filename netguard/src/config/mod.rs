@@ -17,7 +17,60 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::{DEFAULT_PIN_DIR, policy::Endpoint};
+use crate::domain::{Endpoint, parse_cidr};
+
+// Every default netguard uses, in one place.
+
+/// bpffs directory holding every pinned map and link.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/netguard";
+/// The Docker Engine API socket.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// Where the HTTP server listens by default: this host only. Metrics name containers; expose
+/// them beyond the host on purpose (`--listen 0.0.0.0:9477`).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
+/// How long a destroyed container's series stay in `/metrics` by default: long enough for
+/// a few scrapes to see its last values.
+pub const DEFAULT_METRICS_GRACE: Duration = Duration::from_secs(300);
+/// Destinations every protected container may reach: loopback, link-local, local multicast
+/// (ARP/NDP/IGMP need them) and limited broadcast.
+pub const BUILTIN_INTERNAL_CIDRS: [&str; 7] = [
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/24",
+    "255.255.255.255/32",
+    "::1/128",
+    "fe80::/10",
+    "ff02::/16",
+];
+/// Tunnel interfaces looked for in a gateway's namespace, in order.
+pub const DEFAULT_TUNNELS: [&str; 2] = ["wg0", "tun0"];
+/// Gluetun's control server, inside its network namespace.
+pub const DEFAULT_GLUETUN: &str = "127.0.0.1:8000";
+/// Bound on the age of a WireGuard gateway's latest handshake.
+pub const DEFAULT_HANDSHAKE_MAX_AGE: Duration = Duration::from_secs(180);
+/// Bad health rounds before a tunnel counts as down (1: at once).
+pub const DEFAULT_DOWN_AFTER: u32 = 1;
+/// Good health rounds before a tunnel counts as up again.
+pub const DEFAULT_UP_AFTER: u32 = 2;
+/// How long one health source may take before it counts as unreachable.
+pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_millis(800);
+/// How often each gateway's tunnel health is checked (and its interface looked up again).
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often everything is reconciled with Docker again, whatever the events said (events
+/// can be lost; a write can fail).
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+/// Longest wait between attempts to reach Docker.
+pub const DOCKER_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Instances (cgroups) remembered per container: a crash loop makes one per start.
+pub const INSTANCES_KEPT: usize = 16;
+/// Blocked flows kept for `/api/v1/flows`.
+pub const RECENT_FLOWS: usize = 1024;
+/// Blocked flows kept per container for `/api/v1/containers`.
+pub const RECENT_PER_CONTAINER: usize = 10;
+/// Live flow-stream readers that fall this far behind lose the oldest flows (and are told).
+pub const LIVE_BACKLOG: usize = 1024;
+/// How long the CLI waits for the agent's answer (not for the live flow stream).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A configuration error: one line naming the value and the fix. The agent exits 64.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -91,14 +144,6 @@ pub struct FlagConfig {
     pub listen: Option<String>,
     pub metrics_grace_secs: Option<u64>,
 }
-
-/// Where the HTTP server listens by default: this host only. Metrics name containers; expose
-/// them beyond the host on purpose (`--listen 0.0.0.0:9477`).
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
-
-/// How long a destroyed container's series stay in `/metrics` by default: long enough for
-/// a few scrapes to see its last values.
-pub const DEFAULT_METRICS_GRACE: Duration = Duration::from_secs(300);
 
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,7 +254,7 @@ impl Config {
             .docker_socket
             .clone()
             .or(file.docker_socket)
-            .unwrap_or_else(|| PathBuf::from(crate::docker::DEFAULT_SOCKET));
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCKER_SOCKET));
         let listen = parse_listen(
             flags
                 .listen
@@ -278,13 +323,6 @@ pub fn parse_listen(text: &str) -> Result<Option<SocketAddr>, ConfigError> {
     })
 }
 
-/// A CIDR, or a bare address as a single-host CIDR.
-pub fn parse_cidr(text: &str) -> Option<IpNet> {
-    text.parse::<IpNet>()
-        .ok()
-        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
-}
-
 fn known(names: &HashSet<String>) -> String {
     let mut names: Vec<_> = names.iter().map(String::as_str).collect();
     names.sort_unstable();
@@ -296,80 +334,4 @@ fn known(names: &HashSet<String>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::from_parts(toml::from_str(text).unwrap(), &FlagConfig::default())
-    }
-
-    #[test]
-    fn empty_config_uses_defaults() {
-        let config = parse("").unwrap();
-        assert_eq!(config.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
-        assert!(config.attach_cgroups.is_empty());
-        assert!(config.protect.is_empty());
-    }
-
-    #[test]
-    fn cidr_typo_names_the_value_and_the_fix() {
-        let error = parse(r#"internal_cidrs = ["192.168.1.0/33"]"#)
-            .unwrap_err()
-            .0;
-        assert!(error.contains("\"192.168.1.0/33\""), "{error}");
-        assert!(error.contains("internal_cidrs"), "{error}");
-        assert!(error.contains("e.g."), "{error}");
-    }
-
-    #[test]
-    fn listen_address_typo_names_the_value_and_the_fix() {
-        let error = parse(r#"listen = "127.0.0.1""#).unwrap_err().0;
-        assert!(
-            error.contains("\"127.0.0.1\"") && error.contains("ip:port"),
-            "{error}"
-        );
-        assert_eq!(parse(r#"listen = "off""#).unwrap().listen, None);
-        assert_eq!(
-            parse("").unwrap().listen,
-            Some(DEFAULT_LISTEN.parse().unwrap())
-        );
-    }
-
-    #[test]
-    fn unknown_gateway_is_an_error() {
-        let error = parse(
-            r#"
-            [[gateways]]
-            name = "vpn"
-            [[protect]]
-            cgroup = "a"
-            gateway = "vnp"
-            "#,
-        )
-        .unwrap_err()
-        .0;
-        assert!(
-            error.contains("\"vnp\"") && error.contains("known: vpn"),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn flags_extend_the_file() {
-        let file: FileConfig = toml::from_str(r#"internal_cidrs = ["10.0.0.0/8"]"#).unwrap();
-        let flags = FlagConfig {
-            pin_dir: Some("/sys/fs/bpf/x".into()),
-            internal_cidrs: vec!["fd00::1".into()],
-            ..FlagConfig::default()
-        };
-        let config = Config::from_parts(file, &flags).unwrap();
-        assert_eq!(config.pin_dir, PathBuf::from("/sys/fs/bpf/x"));
-        assert_eq!(
-            config.internal_cidrs,
-            vec![
-                "10.0.0.0/8".parse().unwrap(),
-                "fd00::1/128".parse().unwrap()
-            ]
-        );
-    }
-}
+mod tests;

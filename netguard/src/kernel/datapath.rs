@@ -11,7 +11,7 @@
 //! pin, which detaches the old link: there is never a moment without a program.
 
 use std::{
-    fs, io,
+    fs,
     path::{Path, PathBuf},
 };
 
@@ -21,16 +21,20 @@ use aya::{
     maps::{MapData, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, LinkOrder, Program, SchedClassifier,
-        TcAttachType,
-        links::{FdLink, PinnedLink},
-        loaded_programs,
-        tc::TcAttachOptions,
+        TcAttachType, links::FdLink, tc::TcAttachOptions,
     },
 };
 use netguard_common::maps as map_names;
-use tracing::info;
 
-use crate::{EBPF_OBJECT, cgroup::Cgroup, maps::Maps, netns};
+use super::{
+    log::KernelLog,
+    maps::Maps,
+    pins::{
+        self, ProgramIdentity, TRACEFS, TRACEFS_MAGIC, ensure_bpffs, ensure_mounted,
+        pinned_program, remove_pin,
+    },
+};
+use crate::{EBPF_OBJECT, cgroup::Cgroup, netns};
 
 /// The cgroup programs, each attached to every attach cgroup.
 const CGROUP_PROGRAMS: [&str; 6] = [
@@ -43,9 +47,6 @@ const CGROUP_PROGRAMS: [&str; 6] = [
 ];
 const BACKSTOP_PROGRAM: &str = "ng_backstop";
 const CLASSIFIER_PROGRAM: &str = "ng_cgroup_mkdir";
-const TRACEFS: &str = "/sys/kernel/tracing";
-const TRACEFS_MAGIC: i64 = 0x7472_6163;
-pub(crate) const BPFFS_MAGIC: i64 = 0xcafe_4a11;
 
 /// How a program's pinned link came to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +65,7 @@ pub struct Datapath {
     pin_dir: PathBuf,
     pub maps: Maps,
     events: Option<RingBuf<MapData>>,
+    logs: Option<aya_log::EbpfLogger<KernelLog>>,
 }
 
 impl Datapath {
@@ -81,29 +83,29 @@ impl Datapath {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader
+        let ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading netguard's eBPF object (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
-        let (mut maps, events) = Maps::take_from(&mut ebpf)?;
-        maps.stamp_abi_if_fresh()?;
-        Ok(Self {
-            ebpf,
-            pin_dir: pin_dir.to_path_buf(),
-            maps,
-            events: Some(events),
-        })
+        Self::new(ebpf, pin_dir.to_path_buf())
     }
 
     /// Loads the programs with private, unpinned maps (verdict tests; nothing is attached).
     pub fn load_unpinned() -> Result<Self> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).context("loading netguard's eBPF object")?;
+        let ebpf = Ebpf::load(EBPF_OBJECT).context("loading netguard's eBPF object")?;
+        Self::new(ebpf, PathBuf::new())
+    }
+
+    fn new(mut ebpf: Ebpf, pin_dir: PathBuf) -> Result<Self> {
         let (mut maps, events) = Maps::take_from(&mut ebpf)?;
         maps.stamp_abi_if_fresh()?;
+        let logs = aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLog)
+            .context("opening the kernel programs' log")?;
         Ok(Self {
             ebpf,
-            pin_dir: PathBuf::new(),
+            pin_dir,
             maps,
             events: Some(events),
+            logs: Some(logs),
         })
     }
 
@@ -114,6 +116,11 @@ impl Datapath {
     /// Hands the blocked-flow ring buffer to its reader (once).
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
+    }
+
+    /// Hands the kernel programs' log to its reader (once).
+    pub fn take_logs(&mut self) -> Option<aya_log::EbpfLogger<KernelLog>> {
+        self.logs.take()
     }
 
     /// The loaded cgroup_skb egress program, for `BPF_PROG_TEST_RUN`.
@@ -167,14 +174,12 @@ impl Datapath {
         Ok(outcomes)
     }
 
-    /// Applies `cgroup`'s policy to every frame entering the host side of `interface` (a veth
-    /// whose peer is in a protected network namespace), in this process's network namespace.
-    pub fn attach_backstop(&mut self, interface: &str, cgroup: &Cgroup) -> Result<LinkOutcome> {
-        let ifindex = netns::ifindex(interface).with_context(|| {
-            format!("backstop interface {interface:?}: create it or fix the name")
-        })?;
-        // The entry goes first: the program drops everything on an interface without one.
-        self.maps.set_backstop(ifindex, cgroup.id)?;
+    /// Attaches (or adopts) the backstop on the host side of the veth `ifindex` (in this
+    /// process's network namespace). Its entry must be written first: the program drops
+    /// every frame of an interface without one.
+    pub fn attach_backstop(&mut self, ifindex: u32) -> Result<LinkOutcome> {
+        let interface = netns::interface_name(ifindex)
+            .with_context(|| format!("backstop interface {ifindex}: it is gone"))?;
         let pin = self.pin_dir.join("links").join(format!("tc{ifindex}"));
         self.pin_link(&pin, BACKSTOP_PROGRAM, |program| {
             let Program::SchedClassifier(p) = program else {
@@ -183,7 +188,7 @@ impl Datapath {
             // First in the tcx chain: an earlier program returning "pass" would skip it.
             let order = TcAttachOptions::TcxOrder(LinkOrder::first());
             let id = p
-                .attach_with_options(interface, TcAttachType::Ingress, order)
+                .attach_with_options(&interface, TcAttachType::Ingress, order)
                 .with_context(|| format!("attaching the backstop to {interface}"))?;
             Ok(FdLink::try_from(p.take_link(id)?)?)
         })
@@ -205,18 +210,13 @@ impl Datapath {
         })
     }
 
-    /// [`Datapath::attach_backstop`] for an interface given by index (in this namespace).
-    pub fn attach_backstop_index(&mut self, ifindex: u32, cgroup: &Cgroup) -> Result<LinkOutcome> {
-        let name = netns::interface_name(ifindex)?;
-        self.attach_backstop(&name, cgroup)
-    }
-
     /// Detaches the classifier, if a previous run pinned one.
     pub fn detach_classifier(&mut self) -> Result<()> {
         remove_pin(&self.pin_dir.join("links").join("tp_cgroup_mkdir"))
     }
 
-    /// Removes the backstop from `ifindex`.
+    /// Removes the backstop from `ifindex`: the link first, then its entry (an attached
+    /// backstop without an entry drops everything).
     pub fn detach_backstop(&mut self, ifindex: u32) -> Result<()> {
         let pin = self.pin_dir.join("links").join(format!("tc{ifindex}"));
         remove_pin(&pin)?;
@@ -232,11 +232,7 @@ impl Datapath {
     ) -> Result<LinkOutcome> {
         let program = program(&mut self.ebpf, name)?;
         load_program(program).with_context(|| format!("loading program {name}"))?;
-        let info = program.info()?;
-        let ours = ProgramIdentity {
-            tag: info.tag(),
-            map_ids: sorted_map_ids(&info)?,
-        };
+        let ours = ProgramIdentity::of(&program.info()?)?;
         // Same instructions on the same (pinned) maps: leave the running link alone.
         let outcome = match pinned_program(pin)? {
             Some(theirs) if theirs == ours => return Ok(LinkOutcome::Adopted),
@@ -278,10 +274,19 @@ impl Datapath {
         Ok(detached)
     }
 
-    /// Pinned backstop links and their interface index.
+    /// The cgroups the programs are attached at, as pinned.
+    pub fn attach_cgroups(&self) -> Result<Vec<u64>> {
+        pins::attach_cgroup_ids(&self.pin_dir)
+    }
+
+    /// Pinned backstop links and their interface index (none for a datapath loaded unpinned).
     pub fn pinned_backstops(&self) -> Result<Vec<u32>> {
         let mut found = Vec::new();
-        for entry in fs::read_dir(self.pin_dir.join("links"))? {
+        let links = self.pin_dir.join("links");
+        if !links.exists() {
+            return Ok(found);
+        }
+        for entry in fs::read_dir(&links)? {
             let name = entry?.file_name().to_string_lossy().into_owned();
             if let Some(ifindex) = name.strip_prefix("tc").and_then(|i| i.parse().ok()) {
                 found.push(ifindex);
@@ -289,27 +294,6 @@ impl Datapath {
         }
         Ok(found)
     }
-}
-
-/// Removes everything pinned under `pin_dir`: links first (detaching the programs), then
-/// the maps. Returns false if there was nothing to remove.
-pub fn unload(pin_dir: &Path) -> Result<bool> {
-    if !pin_dir.exists() {
-        return Ok(false);
-    }
-    let links = pin_dir.join("links");
-    if links.exists() {
-        for entry in fs::read_dir(&links)? {
-            remove_pin(&entry?.path())?;
-        }
-        fs::remove_dir(&links).with_context(|| format!("removing {}", links.display()))?;
-    }
-    for entry in fs::read_dir(pin_dir)? {
-        let path = entry?.path();
-        remove_pin(&path)?;
-    }
-    fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
-    Ok(true)
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
@@ -329,115 +313,4 @@ fn load_program(program: &mut Program) -> Result<()> {
         _ => bail!("unexpected program type in netguard's eBPF object"),
     }
     Ok(())
-}
-
-/// What makes two loaded programs interchangeable.
-#[derive(Debug, PartialEq, Eq)]
-struct ProgramIdentity {
-    /// Instruction digest (map references excluded).
-    tag: u64,
-    /// The maps it uses: a program on maps that are no longer the pinned ones is stale.
-    map_ids: Vec<u32>,
-}
-
-fn sorted_map_ids(info: &aya::programs::ProgramInfo) -> Result<Vec<u32>> {
-    let mut ids = info.map_ids()?.unwrap_or_default();
-    ids.sort_unstable();
-    Ok(ids)
-}
-
-/// The program behind the link pinned at `pin`.
-fn pinned_program(pin: &Path) -> Result<Option<ProgramIdentity>> {
-    if !pin.exists() {
-        return Ok(None);
-    }
-    let link = FdLink::from(
-        PinnedLink::from_pin(pin)
-            .with_context(|| format!("opening pinned link {}", pin.display()))?,
-    );
-    let program_id = link.info()?.program_id();
-    for info in loaded_programs() {
-        let info = info?;
-        if info.id() == program_id {
-            return Ok(Some(ProgramIdentity {
-                tag: info.tag(),
-                map_ids: sorted_map_ids(&info)?,
-            }));
-        }
-    }
-    Ok(None)
-}
-
-fn remove_pin(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(error).with_context(|| format!("removing pin {}", path.display())),
-    }
-}
-
-/// Makes sure the directory that will hold `pin_dir` is on a bpffs, mounting one at
-/// `/sys/fs/bpf` when nothing is mounted there (as systemd does at boot).
-fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
-    let parent = pin_dir.parent().unwrap_or(Path::new("/"));
-    if is_fs(parent, BPFFS_MAGIC)? {
-        return Ok(());
-    }
-    if parent != Path::new("/sys/fs/bpf") {
-        bail!(
-            "{} is not on a bpf filesystem: mount one (`mount -t bpf bpf {}`) or choose a \
-             --pin-dir under /sys/fs/bpf",
-            parent.display(),
-            parent.display()
-        );
-    }
-    ensure_mounted(parent, "bpf", BPFFS_MAGIC)
-}
-
-/// Mounts a `fstype` filesystem at `path` unless one is there.
-fn ensure_mounted(path: &Path, fstype: &str, magic: i64) -> Result<()> {
-    if is_fs(path, magic)? {
-        return Ok(());
-    }
-    info!("mounting {fstype} at {}", path.display());
-    // The syscall, not mount(8): the container image has no other binary.
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    let c_type = std::ffi::CString::new(fstype)?;
-    // SAFETY: NUL-terminated strings that outlive the call; no mount data.
-    let rc = unsafe {
-        libc::mount(
-            c_type.as_ptr(),
-            c_path.as_ptr(),
-            c_type.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    let failed = if rc != 0 {
-        Some(io::Error::last_os_error().to_string())
-    } else {
-        (!is_fs(path, magic)?).then(|| "mounted, but not found there".to_string())
-    };
-    if let Some(error) = failed {
-        bail!(
-            "could not mount {fstype} at {}: {error}: mount it (`mount -t {fstype} {fstype} {}`)",
-            path.display(),
-            path.display()
-        );
-    }
-    Ok(())
-}
-
-pub(crate) fn is_fs(path: &Path, magic: i64) -> Result<bool> {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: statfs into a zeroed struct with a valid path.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
-        let error = io::Error::last_os_error();
-        if error.kind() == io::ErrorKind::NotFound {
-            return Ok(false);
-        }
-        return Err(error).with_context(|| format!("statfs {}", path.display()));
-    }
-    Ok(stat.f_type as i64 == magic)
 }

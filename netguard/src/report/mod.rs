@@ -3,9 +3,11 @@
 //! watcher and the event reader write it; `/metrics` and the API read it, together with the
 //! counters, which stay in the kernel's maps and are read at scrape time.
 
+mod status;
+
 use std::{
     collections::{HashMap, VecDeque},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Mutex, RwLock,
         atomic::{AtomicU8, AtomicU64, Ordering},
@@ -13,26 +15,17 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::Result;
 use netguard_common::Counters;
 use tokio::sync::broadcast;
 
+pub use self::status::{gateways, status_from_pins};
 use crate::{
-    api::{BlockedFlowRecord, ContainerStatus, CounterSet, GatewayStatus, Readiness},
-    cgroup::CgroupId,
-    events::BlockedFlowEvent,
-    maps::Maps,
-    policy::ContainerId,
+    api::{BlockedFlowRecord, Readiness},
+    cgroup::{CgroupId, Hierarchy, container_of_path},
+    config::{INSTANCES_KEPT, LIVE_BACKLOG, RECENT_FLOWS},
+    domain::{BlockedFlowEvent, ContainerId},
+    reconcile::StaticCgroup,
 };
-
-/// Blocked flows kept for `/api/v1/flows`.
-const RECENT_FLOWS: usize = 1024;
-/// Blocked flows kept per container for `/api/v1/containers`.
-const RECENT_PER_CONTAINER: usize = 10;
-/// Instances (cgroups) remembered per container.
-const INSTANCES_KEPT: usize = 16;
-/// Live subscribers that fall this far behind lose the oldest flows (and are told so).
-const LIVE_BACKLOG: usize = 1024;
 
 /// How far the agent is with Docker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,14 +70,6 @@ struct KnownContainer {
     removed: Option<(Instant, Counters)>,
 }
 
-/// A cgroup protected by the static configuration.
-#[derive(Clone, Debug)]
-pub struct StaticCgroup {
-    /// Path under the cgroup2 root.
-    pub name: String,
-    pub id: CgroupId,
-}
-
 #[derive(Debug, Default)]
 struct Inventory {
     containers: HashMap<ContainerId, KnownContainer>,
@@ -95,6 +80,8 @@ struct Inventory {
 /// Shared by the watcher, the event reader and the HTTP server.
 pub struct Report {
     inventory: RwLock<Inventory>,
+    /// To name the cgroup of a blocked flow the watcher has not attributed yet.
+    hierarchy: Option<Hierarchy>,
     flows: Mutex<VecDeque<BlockedFlowRecord>>,
     live: broadcast::Sender<BlockedFlowRecord>,
     docker: AtomicU8,
@@ -106,7 +93,12 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(attach_cgroups: Vec<PathBuf>, grace: Duration, docker: bool) -> Self {
+    pub fn new(
+        attach_cgroups: Vec<PathBuf>,
+        grace: Duration,
+        docker: bool,
+        hierarchy: Option<Hierarchy>,
+    ) -> Self {
         let (live, _) = broadcast::channel(LIVE_BACKLOG);
         let sync = if docker {
             DockerSync::Connecting
@@ -115,6 +107,7 @@ impl Report {
         };
         Self {
             inventory: RwLock::default(),
+            hierarchy,
             flows: Mutex::new(VecDeque::with_capacity(RECENT_FLOWS)),
             live,
             docker: AtomicU8::new(sync as u8),
@@ -135,6 +128,7 @@ impl Report {
         facts: ContainerFacts,
         cgroup: Option<CgroupId>,
     ) {
+        let name = facts.name.clone();
         let mut inventory = self.inventory.write().unwrap();
         let known = inventory
             .containers
@@ -144,21 +138,41 @@ impl Report {
                 cgroups: Vec::new(),
                 removed: None,
             });
-        known.facts = facts;
+        // The gateway is the watcher's decision, not Docker's fact: it stays.
+        let gateway = known.facts.gateway.take();
+        known.facts = ContainerFacts { gateway, ..facts };
         known.removed = None;
-        if let Some(cgroup) = cgroup {
-            known.cgroups.retain(|c| *c != cgroup);
-            known.cgroups.push(cgroup);
-            // A crash loop makes a cgroup per start: remember the latest few (the others
-            // are gone, and so are their flows).
-            let forgotten: Vec<CgroupId> = known
-                .cgroups
-                .drain(..known.cgroups.len().saturating_sub(INSTANCES_KEPT))
-                .collect();
-            for old in forgotten {
-                inventory.owner.remove(&old);
+        let Some(cgroup) = cgroup else {
+            return;
+        };
+        known.cgroups.retain(|c| *c != cgroup);
+        known.cgroups.push(cgroup);
+        // A crash loop makes a cgroup per start: remember the latest few (the others are
+        // gone, and so are their flows).
+        let excess = known.cgroups.len().saturating_sub(INSTANCES_KEPT);
+        let forgotten: Vec<CgroupId> = known.cgroups.drain(..excess).collect();
+        for old in forgotten {
+            inventory.owner.remove(&old);
+        }
+        inventory.owner.insert(cgroup, id.clone());
+        drop(inventory);
+        self.attribute_recent(cgroup, id, &name);
+    }
+
+    /// The gateway whose tunnel the container may use, as last decided.
+    pub fn set_gateway(&self, id: &ContainerId, gateway: Option<String>) {
+        if let Some(known) = self.inventory.write().unwrap().containers.get_mut(id) {
+            known.facts.gateway = gateway;
+        }
+    }
+
+    /// Flows blocked before their cgroup was known to be the container's get its name now.
+    fn attribute_recent(&self, cgroup: CgroupId, id: &ContainerId, name: &str) {
+        for flow in self.flows.lock().unwrap().iter_mut() {
+            if flow.cgroup == cgroup && flow.container_id.is_empty() {
+                flow.container = name.to_string();
+                flow.container_id = id.as_str().to_string();
             }
-            inventory.owner.insert(cgroup, id.clone());
         }
     }
 
@@ -228,21 +242,7 @@ impl Report {
     /// Records a blocked flow for the API and the live stream; returns it in the user's
     /// words (container name rather than cgroup id).
     pub fn blocked(&self, event: &BlockedFlowEvent) -> BlockedFlowRecord {
-        let (container, container_id) = {
-            let inventory = self.inventory.read().unwrap();
-            match inventory.owner.get(&event.cgroup_id) {
-                Some(id) => (
-                    inventory.containers[id].facts.name.clone(),
-                    id.as_str().to_string(),
-                ),
-                None => inventory
-                    .static_cgroups
-                    .iter()
-                    .find(|s| s.id == event.cgroup_id)
-                    .map(|s| (s.name.clone(), String::new()))
-                    .unwrap_or_default(),
-            }
-        };
+        let (container, container_id) = self.attribute(event.cgroup_id);
         let record = BlockedFlowRecord {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             container,
@@ -264,6 +264,38 @@ impl Report {
         record
     }
 
+    /// The container (name, id) a cgroup belongs to: one the watcher linked to it, a static
+    /// cgroup, else the container its path names (a container whose start the watcher has
+    /// not seen yet); empty when nothing is known.
+    fn attribute(&self, cgroup: CgroupId) -> (String, String) {
+        let inventory = self.inventory.read().unwrap();
+        if let Some(id) = inventory.owner.get(&cgroup) {
+            return (
+                inventory.containers[id].facts.name.clone(),
+                id.as_str().to_string(),
+            );
+        }
+        if let Some(known) = inventory.static_cgroups.iter().find(|s| s.id == cgroup) {
+            return (known.name.clone(), String::new());
+        }
+        let named = self
+            .hierarchy
+            .as_ref()
+            .and_then(|h| h.name_of(cgroup).ok().flatten())
+            .and_then(|path| container_of_path(&path));
+        match named {
+            Some(id) => {
+                let name = inventory
+                    .containers
+                    .get(&id)
+                    .map(|k| k.facts.name.clone())
+                    .unwrap_or_default();
+                (name, id.as_str().to_string())
+            }
+            None => (String::new(), String::new()),
+        }
+    }
+
     /// The most recent blocked flows, oldest first.
     pub fn recent_flows(&self, limit: usize) -> Vec<BlockedFlowRecord> {
         let flows = self.flows.lock().unwrap();
@@ -278,152 +310,42 @@ impl Report {
     pub fn subscribe(&self) -> broadcast::Receiver<BlockedFlowRecord> {
         self.live.subscribe()
     }
-
-    /// Every container (and static cgroup) with its counters from the kernel's maps, and
-    /// with its recent blocked flows if `with_flows`.
-    pub fn containers(&self, maps: &Maps, with_flows: bool) -> Result<Vec<ContainerStatus>> {
-        self.expire();
-        // Copied out, so that the map reads below do not hold up the watcher.
-        type Known = (ContainerId, ContainerFacts, Vec<CgroupId>, Option<Counters>);
-        let (statics, known): (Vec<StaticCgroup>, Vec<Known>) = {
-            let inventory = self.inventory.read().unwrap();
-            (
-                inventory.static_cgroups.clone(),
-                inventory
-                    .containers
-                    .iter()
-                    .map(|(id, k)| {
-                        (
-                            id.clone(),
-                            k.facts.clone(),
-                            k.cgroups.clone(),
-                            k.removed.map(|(_, last)| last),
-                        )
-                    })
-                    .collect(),
-            )
-        };
-        let policies: HashMap<CgroupId, bool> = maps
-            .policies()?
-            .into_iter()
-            .map(|(cgroup, policy)| (cgroup, policy.is_protected()))
-            .collect();
-        let registered: HashMap<ContainerId, bool> = maps
-            .registered_containers()?
-            .into_iter()
-            .map(|(id, policy)| (id, policy.is_protected()))
-            .collect();
-        let counters_of = |cgroup: Option<&CgroupId>| -> Result<Counters> {
-            Ok(match cgroup {
-                Some(cgroup) => maps.counters(*cgroup)?.unwrap_or_default(),
-                None => Counters::default(),
-            })
-        };
-        // One pass over the recent flows, not one per container.
-        let mut recent: HashMap<CgroupId, Vec<BlockedFlowRecord>> = HashMap::new();
-        if with_flows {
-            for flow in self.recent_flows(RECENT_FLOWS) {
-                recent.entry(flow.cgroup).or_default().push(flow);
-            }
-        }
-        let recent_of = |cgroups: &[CgroupId]| -> Vec<BlockedFlowRecord> {
-            let mut mine: Vec<BlockedFlowRecord> = cgroups
-                .iter()
-                .filter_map(|cgroup| recent.get(cgroup))
-                .flatten()
-                .cloned()
-                .collect();
-            // RFC 3339 times in one format sort as text.
-            mine.sort_by(|a, b| a.time.cmp(&b.time));
-            mine.split_off(mine.len().saturating_sub(RECENT_PER_CONTAINER))
-        };
-
-        let mut out = Vec::with_capacity(statics.len() + known.len());
-        for cgroup in &statics {
-            out.push(ContainerStatus {
-                name: cgroup.name.clone(),
-                id: String::new(),
-                image: String::new(),
-                compose_project: String::new(),
-                compose_service: String::new(),
-                vpn_required: true,
-                protected: policies.get(&cgroup.id).copied().unwrap_or(false),
-                vpn_gateway: false,
-                gateway: None,
-                running: true,
-                removed: false,
-                cgroups: vec![cgroup.id],
-                counters: CounterSet::from(&counters_of(Some(&cgroup.id))?),
-                recent_blocked: recent_of(&[cgroup.id]),
-            });
-        }
-        for (id, facts, cgroups, removed) in known {
-            let protected = match (facts.running, cgroups.last()) {
-                (true, Some(cgroup)) => {
-                    policies.get(cgroup).copied().unwrap_or(false)
-                        && facts
-                            .cgroup_path
-                            .as_deref()
-                            .is_some_and(|path| self.covered(path))
-                }
-                // Not running: what its next instance gets.
-                _ => removed.is_none() && registered.get(&id).copied().unwrap_or(false),
-            };
-            // The current (or last) instance's: a restart starts them from zero, as cAdvisor's
-            // do, which Prometheus reads as a counter reset. A sum over instances would drop
-            // when an agent restart forgets the older ones, and be read as a false reset.
-            let counters = match removed {
-                Some(last) => last,
-                None => counters_of(cgroups.last())?,
-            };
-            out.push(ContainerStatus {
-                name: facts.name,
-                id: id.as_str().to_string(),
-                image: facts.image,
-                compose_project: facts.compose_project,
-                compose_service: facts.compose_service,
-                vpn_required: facts.vpn_required,
-                protected,
-                vpn_gateway: facts.vpn_gateway,
-                gateway: facts.gateway,
-                running: facts.running,
-                removed: removed.is_some(),
-                recent_blocked: recent_of(&cgroups),
-                cgroups,
-                counters: CounterSet::from(&counters),
-            });
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
-        Ok(out)
-    }
-
-    fn covered(&self, path: &Path) -> bool {
-        self.attach_cgroups.iter().any(|a| path.starts_with(a))
-    }
-}
-
-/// Each gateway's tunnel as written in the pinned maps.
-pub fn gateways(maps: &Maps) -> Result<Vec<GatewayStatus>> {
-    Ok(maps
-        .gateways()?
-        .into_iter()
-        .map(|(slot, name, state)| GatewayStatus {
-            name,
-            slot: slot.0,
-            tunnel_up: state.tunnel_up == 1,
-            transitions: state.transitions,
-            last_change_secs: state.last_change_secs,
-        })
-        .collect())
 }
 
 #[cfg(test)]
 mod tests {
+    use netguard_common::{BlockReason, Hook};
+
     use super::*;
 
     #[test]
+    fn a_flow_blocked_before_its_cgroup_was_linked_is_attributed_once_it_is() {
+        let report = Report::new(Vec::new(), Duration::from_secs(1), true, None);
+        let event = BlockedFlowEvent {
+            cgroup_id: 77,
+            destination: Some("198.18.2.2".parse().unwrap()),
+            port: 53,
+            proto: 17,
+            reason: Some(BlockReason::Unclassified),
+            hook: Some(Hook::Egress),
+            bytes: 60,
+        };
+        let early = report.blocked(&event);
+        assert_eq!(early.who(), "unclassified cgroup 77");
+        let id: ContainerId = "a".repeat(64).parse().unwrap();
+        let facts = ContainerFacts {
+            name: "qbittorrent".into(),
+            ..ContainerFacts::default()
+        };
+        report.container_seen(&id, facts, Some(77));
+        let later = &report.recent_flows(10)[0];
+        assert_eq!(later.who(), "qbittorrent (aaaaaaaaaaaa)");
+        assert_eq!(report.blocked(&event).container, "qbittorrent");
+    }
+
+    #[test]
     fn a_crash_loop_does_not_grow_what_is_remembered() {
-        let report = Report::new(Vec::new(), Duration::from_secs(1), true);
+        let report = Report::new(Vec::new(), Duration::from_secs(1), true, None);
         let id: ContainerId = "a".repeat(64).parse().unwrap();
         for cgroup in 1..=100 {
             let facts = ContainerFacts {

@@ -1,0 +1,143 @@
+//! The VPN gateway containers' tunnels: where each one's tunnel interface is, and whether it
+//! is healthy, round after round.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    domain::ContainerId,
+    reconcile::{Container, Tunnel},
+    tunnel::{
+        HealthPolicy, TunnelHealth,
+        probe::{FoundTunnel, HealthJob, HealthRound, find_tunnel},
+    },
+};
+
+/// One running gateway's tunnel.
+#[derive(Clone, Debug)]
+struct Tracked {
+    pid: u32,
+    policy: HealthPolicy,
+    tunnel: FoundTunnel,
+    health: TunnelHealth,
+}
+
+/// What changed in a health round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The tunnel interface appeared, vanished or moved (down until proven healthy again).
+    Moved {
+        gateway: ContainerId,
+        interface: Option<String>,
+    },
+    /// The tunnel went up or down.
+    Health {
+        gateway: ContainerId,
+        up: bool,
+        reason: String,
+    },
+}
+
+/// Every running gateway container's tunnel.
+#[derive(Debug, Default)]
+pub struct GatewayTunnels {
+    tracked: BTreeMap<ContainerId, Tracked>,
+}
+
+impl GatewayTunnels {
+    /// Follows the containers: a new gateway, a new process or a new tunnel interface starts
+    /// down; a stopped or removed gateway is forgotten (its tunnel is down).
+    pub fn sync(&mut self, containers: &BTreeMap<ContainerId, Container>) {
+        self.tracked.retain(|id, _| {
+            containers
+                .get(id)
+                .is_some_and(|c| c.labels.is_gateway && c.running.is_some())
+        });
+        for container in containers.values().filter(|c| c.labels.is_gateway) {
+            let Some(instance) = &container.running else {
+                continue;
+            };
+            let policy =
+                container.labels.health.clone().unwrap_or_else(|| {
+                    HealthPolicy::default_for(container.docker_healthy.is_some())
+                });
+            match self.tracked.get_mut(&container.id) {
+                Some(tracked) if tracked.pid == instance.pid => tracked.policy = policy,
+                _ => {
+                    let tunnel = find_tunnel(instance.pid, &container.labels.tunnel_interfaces);
+                    self.tracked.insert(
+                        container.id.clone(),
+                        Tracked {
+                            pid: instance.pid,
+                            policy,
+                            tunnel,
+                            health: TunnelHealth::default(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// The next round of checks, one per running gateway.
+    pub fn jobs(&self, containers: &BTreeMap<ContainerId, Container>) -> Vec<HealthJob> {
+        self.tracked
+            .iter()
+            .filter_map(|(id, tracked)| {
+                let container = containers.get(id)?;
+                Some(HealthJob {
+                    id: id.clone(),
+                    pid: tracked.pid,
+                    names: container.labels.tunnel_interfaces.clone(),
+                    policy: tracked.policy.clone(),
+                    docker_healthy: container.docker_healthy,
+                })
+            })
+            .collect()
+    }
+
+    /// Takes in a round's evidence; returns what changed.
+    pub fn record(&mut self, round: HealthRound) -> Vec<Change> {
+        let Some(tracked) = self.tracked.get_mut(&round.id) else {
+            return Vec::new();
+        };
+        let mut changes = Vec::new();
+        if round.tunnel != tracked.tunnel {
+            changes.push(Change::Moved {
+                gateway: round.id.clone(),
+                interface: round.tunnel.as_ref().map(|(_, name)| name.clone()),
+            });
+            tracked.tunnel = round.tunnel;
+            tracked.health = TunnelHealth::default();
+        }
+        let verdict = tracked.policy.verdict(&round.evidence);
+        if tracked.health.observe(&tracked.policy, verdict) {
+            changes.push(Change::Health {
+                gateway: round.id,
+                up: tracked.health.up,
+                reason: tracked.health.last_reason.clone(),
+            });
+        }
+        changes
+    }
+
+    /// Each tracked gateway's tunnel, for the snapshot.
+    pub fn tunnels(&self) -> BTreeMap<ContainerId, Tunnel> {
+        self.tracked
+            .iter()
+            .map(|(id, tracked)| {
+                (
+                    id.clone(),
+                    Tunnel {
+                        interface: tracked.tunnel.as_ref().map(|(t, _)| *t),
+                        up: tracked.health.up,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Why the gateway's tunnel last counted as down.
+    pub fn last_reason(&self, id: &ContainerId) -> Option<&str> {
+        self.tracked.get(id).map(|t| t.health.last_reason.as_str())
+    }
+}

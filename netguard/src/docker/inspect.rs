@@ -1,0 +1,178 @@
+//! One container as Docker and the host describe it: `docker inspect`, then its cgroup and
+//! veths from `/proc`.
+
+use std::{collections::HashMap, path::Path};
+
+use anyhow::{Context as _, Result};
+use bollard::{
+    Docker,
+    models::{
+        ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum, HealthStatusEnum,
+    },
+};
+use tracing::debug;
+
+use crate::{
+    cgroup::{Cgroup, process_cgroup},
+    domain::ContainerId,
+    host::network::host_side_veths,
+    labels::ContainerLabels,
+    report::ContainerFacts,
+};
+
+/// What an inspect found.
+pub struct Inspected {
+    pub name: String,
+    pub labels: ContainerLabels,
+    pub network_mode: String,
+    /// Docker's health status, if it has a HEALTHCHECK.
+    pub docker_healthy: Option<bool>,
+    /// Its process, cgroup and veths, if it runs; `Err` when it runs but the host's facts
+    /// about it could not be read (what was known before stays).
+    pub running: Option<Result<Running, String>>,
+    /// What operators see besides the policy.
+    pub facts: ContainerFacts,
+}
+
+pub struct Running {
+    pub pid: u32,
+    pub cgroup: Cgroup,
+    /// Host-side veths of its namespace; `Err` when they could not be listed.
+    pub veths: Result<Vec<u32>, String>,
+}
+
+/// Inspects `id`; `None` if Docker no longer knows it.
+pub async fn inspect(docker: &Docker, id: &ContainerId, root: &Path) -> Result<Option<Inspected>> {
+    let info = match docker.inspect_container(id.as_str(), None).await {
+        Ok(info) => info,
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => return Ok(None),
+        Err(error) => return Err(error).context("inspecting"),
+    };
+    let mut inspected = from_response(&info);
+    let pid = info
+        .state
+        .as_ref()
+        .filter(|s| s.running == Some(true))
+        .and_then(|s| s.pid)
+        .filter(|p| *p > 0)
+        .map(|p| p as u32);
+    if let Some(pid) = pid {
+        match process_cgroup(root, pid, id.as_str()) {
+            Ok(cgroup) => {
+                let veths = match inspected.network_mode.as_str() {
+                    "host" | "none" => Ok(Vec::new()),
+                    _ => host_side_veths(pid).map_err(|error| format!("{error:#}")),
+                };
+                inspected.facts.cgroup_path = Some(cgroup.path.clone());
+                inspected.facts.running = true;
+                inspected.running = Some(Ok(Running { pid, cgroup, veths }));
+            }
+            // It exited between inspect and now; its die event follows.
+            Err(error) if !Path::new(&format!("/proc/{pid}")).exists() => {
+                debug!(
+                    container = inspected.name,
+                    "exited before it was classified: {error:#}"
+                );
+            }
+            Err(error) => {
+                inspected.facts.running = true;
+                inspected.running = Some(Err(format!("finding its cgroup: {error:#}")));
+            }
+        }
+    }
+    Ok(Some(inspected))
+}
+
+/// What the listing says of a container that could not be inspected: enough to keep it
+/// registered and its gateway known; whether and how it runs stays as known before.
+pub fn from_summary(summary: &ContainerSummary) -> Inspected {
+    let name = summary
+        .names
+        .as_ref()
+        .and_then(|names| names.first())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .unwrap_or_default();
+    let labels = summary.labels.clone().unwrap_or_default();
+    let network_mode = summary
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.clone())
+        .unwrap_or_default();
+    let image = summary.image.clone().unwrap_or_default();
+    let mut inspected = from_parts(name, &labels, network_mode, image, None);
+    if summary.state == Some(ContainerSummaryStateEnum::RUNNING) {
+        inspected.facts.running = true;
+        inspected.running = Some(Err("not inspected".into()));
+    }
+    inspected
+}
+
+/// Everything but the host's facts.
+fn from_response(info: &ContainerInspectResponse) -> Inspected {
+    let name = info
+        .name
+        .as_deref()
+        .unwrap_or_default()
+        .trim_start_matches('/')
+        .to_string();
+    let raw_labels: HashMap<String, String> = info
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default();
+    let network_mode = info
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.clone())
+        .unwrap_or_default();
+    let image = info
+        .config
+        .as_ref()
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    let docker_healthy = info
+        .state
+        .as_ref()
+        .and_then(|s| s.health.as_ref())
+        .and_then(|h| h.status)
+        .filter(|status| *status != HealthStatusEnum::EMPTY && *status != HealthStatusEnum::NONE)
+        .map(|status| status == HealthStatusEnum::HEALTHY);
+    from_parts(name, &raw_labels, network_mode, image, docker_healthy)
+}
+
+fn from_parts(
+    name: String,
+    raw_labels: &HashMap<String, String>,
+    network_mode: String,
+    image: String,
+    docker_healthy: Option<bool>,
+) -> Inspected {
+    let labels = ContainerLabels::parse(raw_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let label = |key: &str| raw_labels.get(key).cloned();
+    let facts = ContainerFacts {
+        name: name.clone(),
+        image,
+        // Compose's labels, else a Swarm stack's.
+        compose_project: label("com.docker.compose.project")
+            .or_else(|| label("com.docker.stack.namespace"))
+            .unwrap_or_default(),
+        compose_service: label("com.docker.compose.service")
+            .or_else(|| label("com.docker.swarm.service.name"))
+            .unwrap_or_default(),
+        vpn_required: labels.protected,
+        vpn_gateway: labels.is_gateway,
+        gateway: None,
+        cgroup_path: None,
+        running: false,
+    };
+    Inspected {
+        name,
+        network_mode,
+        docker_healthy,
+        labels,
+        running: None,
+        facts,
+    }
+}

@@ -1,0 +1,112 @@
+//! Everything that touches BPF: loading and pinning the programs, the maps, the ring
+//! buffers. The applier ([`crate::reconcile::apply`]) writes through [`Kernel`].
+
+pub mod datapath;
+pub mod events;
+pub mod log;
+pub mod maps;
+pub mod pins;
+
+use anyhow::Result;
+use ipnet::IpNet;
+use netguard_common::{CgroupPolicy, EndpointKey, GatewayState};
+
+pub use self::{datapath::Datapath, maps::Maps};
+use crate::domain::{CgroupId, ContainerId, GatewayId};
+
+/// The kernel as the applier sees it: typed reads and writes of the maps, and the backstop
+/// programs on host interfaces. [`Datapath`] is the real one;
+/// [`crate::reconcile::memory::MemoryKernel`] is the one unit tests use.
+pub trait Kernel {
+    fn policies(&self) -> Result<Vec<(CgroupId, CgroupPolicy)>>;
+    fn set_policy(&mut self, cgroup: CgroupId, policy: CgroupPolicy) -> Result<()>;
+    fn remove_policy(&mut self, cgroup: CgroupId) -> Result<()>;
+    fn counted_cgroups(&self) -> Result<Vec<CgroupId>>;
+    fn remove_counters(&mut self, cgroup: CgroupId) -> Result<()>;
+    /// Internal CIDRs with their scope ([`netguard_common::SCOPE_GLOBAL`] or a cgroup id).
+    fn cidrs(&self) -> Result<Vec<(u64, IpNet)>>;
+    fn write_cidr(&mut self, scope: u64, cidr: IpNet, add: bool) -> Result<()>;
+    fn registrations(&self) -> Result<Vec<(ContainerId, CgroupPolicy)>>;
+    fn register(&mut self, id: &ContainerId, policy: CgroupPolicy) -> Result<()>;
+    fn unregister(&mut self, id: &ContainerId) -> Result<()>;
+    /// Slots in use.
+    fn gateway_slots(&self) -> Result<Vec<(GatewayId, GatewayState)>>;
+    fn set_gateway_slot(&mut self, slot: GatewayId, state: GatewayState) -> Result<()>;
+    fn endpoints(&self) -> Result<Vec<EndpointKey>>;
+    fn write_endpoint(&mut self, key: EndpointKey, add: bool) -> Result<()>;
+    /// Backstop entries: interface -> cgroup.
+    fn backstops(&self) -> Result<Vec<(u32, CgroupId)>>;
+    /// Interfaces with the backstop program attached.
+    fn backstop_links(&self) -> Result<Vec<u32>>;
+    fn set_backstop(&mut self, ifindex: u32, cgroup: CgroupId) -> Result<()>;
+    /// Attaches the program; its entry is already written.
+    fn attach_backstop(&mut self, ifindex: u32) -> Result<()>;
+    /// Detaches the program, then removes its entry.
+    fn detach_backstop(&mut self, ifindex: u32) -> Result<()>;
+}
+
+impl Kernel for Datapath {
+    fn policies(&self) -> Result<Vec<(CgroupId, CgroupPolicy)>> {
+        self.maps.policies()
+    }
+    fn set_policy(&mut self, cgroup: CgroupId, policy: CgroupPolicy) -> Result<()> {
+        self.maps.set_policy(cgroup, policy)
+    }
+    fn remove_policy(&mut self, cgroup: CgroupId) -> Result<()> {
+        self.maps.remove_policy(cgroup)
+    }
+    fn counted_cgroups(&self) -> Result<Vec<CgroupId>> {
+        self.maps.counted_cgroups()
+    }
+    fn remove_counters(&mut self, cgroup: CgroupId) -> Result<()> {
+        self.maps.remove_counters(cgroup)
+    }
+    fn cidrs(&self) -> Result<Vec<(u64, IpNet)>> {
+        self.maps.cidrs()
+    }
+    fn write_cidr(&mut self, scope: u64, cidr: IpNet, add: bool) -> Result<()> {
+        self.maps.write_cidr(scope, cidr, add)
+    }
+    fn registrations(&self) -> Result<Vec<(ContainerId, CgroupPolicy)>> {
+        self.maps.registrations()
+    }
+    fn register(&mut self, id: &ContainerId, policy: CgroupPolicy) -> Result<()> {
+        self.maps.register(id, policy)
+    }
+    fn unregister(&mut self, id: &ContainerId) -> Result<()> {
+        self.maps.unregister(id)
+    }
+    fn gateway_slots(&self) -> Result<Vec<(GatewayId, GatewayState)>> {
+        self.maps.gateway_slots()
+    }
+    fn set_gateway_slot(&mut self, slot: GatewayId, state: GatewayState) -> Result<()> {
+        self.maps.set_gateway_slot(slot, state)
+    }
+    fn endpoints(&self) -> Result<Vec<EndpointKey>> {
+        self.maps.endpoints()
+    }
+    fn write_endpoint(&mut self, key: EndpointKey, add: bool) -> Result<()> {
+        if add {
+            self.maps.add_endpoint(key)
+        } else {
+            self.maps.remove_endpoint(key)
+        }
+    }
+    fn backstops(&self) -> Result<Vec<(u32, CgroupId)>> {
+        self.maps.backstops()
+    }
+    fn backstop_links(&self) -> Result<Vec<u32>> {
+        self.pinned_backstops()
+    }
+    fn set_backstop(&mut self, ifindex: u32, cgroup: CgroupId) -> Result<()> {
+        self.maps.set_backstop(ifindex, cgroup)
+    }
+    fn attach_backstop(&mut self, ifindex: u32) -> Result<()> {
+        let outcome = Datapath::attach_backstop(self, ifindex)?;
+        tracing::info!(ifindex, ?outcome, "backstop");
+        Ok(())
+    }
+    fn detach_backstop(&mut self, ifindex: u32) -> Result<()> {
+        Datapath::detach_backstop(self, ifindex)
+    }
+}

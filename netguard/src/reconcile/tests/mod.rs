@@ -1,0 +1,163 @@
+//! The whole decision, from Docker's facts to the kernel's maps, without root: each test
+//! builds containers as the watcher would see them, decides, applies to a
+//! [`MemoryKernel`], and checks what the kernel would enforce.
+
+mod containers;
+mod gateways;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+
+use super::{
+    Container, Instance, Snapshot, StaticPolicy, Tunnel,
+    apply::{Applier, Prune},
+    decide,
+    garbage::{self, Keep, KernelView},
+    memory::MemoryKernel,
+};
+use crate::{
+    domain::{CgroupId, ContainerId, TunnelInterface},
+    labels::ContainerLabels,
+};
+
+fn id(fill: char) -> ContainerId {
+    fill.to_string().repeat(64).parse().unwrap()
+}
+
+fn net(text: &str) -> IpNet {
+    text.parse().unwrap()
+}
+
+/// A lab of containers, the tunnels' health, and the kernel they are applied to.
+struct World {
+    statics: StaticPolicy,
+    discovered: Vec<IpNet>,
+    containers: BTreeMap<ContainerId, Container>,
+    tunnels: BTreeMap<ContainerId, Tunnel>,
+    kernel: MemoryKernel,
+    applier: Applier,
+    now: u64,
+}
+
+impl World {
+    fn new() -> Self {
+        let kernel = MemoryKernel::default();
+        let applier = Applier::load(&kernel).unwrap();
+        Self {
+            statics: StaticPolicy {
+                internal: vec![net("127.0.0.0/8")],
+                ..StaticPolicy::default()
+            },
+            discovered: vec![net("172.17.0.0/16")],
+            containers: BTreeMap::new(),
+            tunnels: BTreeMap::new(),
+            kernel,
+            applier,
+            now: 1_000,
+        }
+    }
+
+    /// A container created with `labels`, running as cgroup `cgroup` with veth `veth`.
+    fn run(
+        &mut self,
+        fill: char,
+        name: &str,
+        labels: &[(&str, &str)],
+        cgroup: CgroupId,
+        veth: u32,
+    ) {
+        let mut container = Container::new(
+            id(fill),
+            name.into(),
+            ContainerLabels::parse(labels.iter().copied()),
+        );
+        container.started(Instance {
+            pid: 100 + cgroup as u32,
+            cgroup,
+            veths: vec![veth],
+        });
+        self.containers.insert(id(fill), container);
+    }
+
+    fn container(&mut self, fill: char) -> &mut Container {
+        self.containers.get_mut(&id(fill)).unwrap()
+    }
+
+    /// The gateway container `fill`'s tunnel: interface 7 in a namespace of its own.
+    fn tunnel(&mut self, fill: char, up: bool) {
+        let interface = TunnelInterface {
+            ifindex: 7,
+            netns_cookie: 4000 + u64::from(fill as u8),
+        };
+        self.tunnels.insert(
+            id(fill),
+            Tunnel {
+                interface: Some(interface),
+                up,
+            },
+        );
+    }
+
+    fn decide(&self) -> super::DesiredState {
+        decide(&Snapshot {
+            statics: &self.statics,
+            discovered_internal: &self.discovered,
+            containers: &self.containers,
+            tunnels: &self.tunnels,
+        })
+    }
+
+    /// Decides and applies; panics on a failed write.
+    fn apply(&mut self) -> super::apply::Applied {
+        self.now += 1;
+        let desired = self.decide();
+        let applied = self
+            .applier
+            .apply(&desired, &mut self.kernel, Prune::Yes, self.now);
+        assert!(applied.failures.is_empty(), "{:?}", applied.failures);
+        applied
+    }
+
+    /// The kernel's policy for `cgroup`, with the gateway by name.
+    fn policy(&self, cgroup: CgroupId) -> Option<(bool, Option<String>)> {
+        let policy = self.kernel.policies.get(&cgroup)?;
+        Some((policy.is_protected(), self.slot_name(policy.gateway)))
+    }
+
+    fn registration(&self, fill: char) -> Option<(bool, Option<String>)> {
+        let policy = self.kernel.registrations.get(&id(fill))?;
+        Some((policy.is_protected(), self.slot_name(policy.gateway)))
+    }
+
+    fn slot_name(&self, slot: u32) -> Option<String> {
+        (slot != 0).then(|| crate::kernel::maps::gateway_name(&self.kernel.gateways[&slot]))
+    }
+
+    fn gateway_names(&self) -> BTreeSet<String> {
+        self.kernel
+            .gateways
+            .values()
+            .filter(|s| s.in_use != 0)
+            .map(crate::kernel::maps::gateway_name)
+            .collect()
+    }
+
+    /// Collects garbage as the watcher does, with every cgroup in `alive` still existing.
+    fn collect(&mut self, alive: &[CgroupId]) {
+        let view = KernelView {
+            policies: self.kernel.policies.iter().map(|(c, p)| (*c, *p)).collect(),
+            counted: self.kernel.counters.keys().copied().collect(),
+            alive: alive.iter().copied().collect(),
+        };
+        let keep = Keep::of(&self.statics, &self.containers);
+        let garbage = garbage::collect(&view, &keep, &BTreeSet::new(), false);
+        let applied = self.applier.collect(&garbage, &mut self.kernel);
+        assert!(applied.failures.is_empty(), "{:?}", applied.failures);
+        // As the watcher does: an instance whose cgroup is gone runs no more.
+        garbage.mark_stopped(&mut self.containers);
+    }
+}
+
+pub(super) const GATEWAY: (&str, &str) = ("netguard.role", "vpn-gateway");
+pub(super) const PROTECTED: (&str, &str) = ("vpn", "required");

@@ -1,0 +1,226 @@
+//! Containers and gateways as `netguard status`, `/metrics` and the API show them: what the
+//! agent knows of each, with its counters and policy read from the kernel's maps. Without an
+//! agent, the same from the pinned maps alone.
+
+use std::{collections::HashMap, path::Path};
+
+use anyhow::Result;
+use netguard_common::{CgroupPolicy, Counters};
+
+use super::{ContainerFacts, Report, StaticCgroup};
+use crate::{
+    api::{BlockedFlowRecord, ContainerStatus, CounterSet, GatewayStatus},
+    cgroup::{CgroupId, Hierarchy, container_of_path},
+    config::{RECENT_FLOWS, RECENT_PER_CONTAINER},
+    domain::ContainerId,
+    kernel::{Maps, pins::attach_cgroup_ids},
+};
+
+impl Report {
+    /// Every container (and static cgroup) with its counters from the kernel's maps, and
+    /// with its recent blocked flows if `with_flows`.
+    pub fn containers(&self, maps: &Maps, with_flows: bool) -> Result<Vec<ContainerStatus>> {
+        self.expire();
+        // Copied out, so that the map reads below do not hold up the watcher.
+        type Known = (ContainerId, ContainerFacts, Vec<CgroupId>, Option<Counters>);
+        let (statics, known): (Vec<StaticCgroup>, Vec<Known>) = {
+            let inventory = self.inventory.read().unwrap();
+            (
+                inventory.static_cgroups.clone(),
+                inventory
+                    .containers
+                    .iter()
+                    .map(|(id, k)| {
+                        (
+                            id.clone(),
+                            k.facts.clone(),
+                            k.cgroups.clone(),
+                            k.removed.map(|(_, last)| last),
+                        )
+                    })
+                    .collect(),
+            )
+        };
+        let policies: HashMap<CgroupId, bool> = maps
+            .policies()?
+            .into_iter()
+            .map(|(cgroup, policy)| (cgroup, policy.is_protected()))
+            .collect();
+        let registered: HashMap<ContainerId, bool> = maps
+            .registrations()?
+            .into_iter()
+            .map(|(id, policy)| (id, policy.is_protected()))
+            .collect();
+        let counters_of = |cgroup: Option<&CgroupId>| -> Result<Counters> {
+            Ok(match cgroup {
+                Some(cgroup) => maps.counters(*cgroup)?.unwrap_or_default(),
+                None => Counters::default(),
+            })
+        };
+        // One pass over the recent flows, not one per container.
+        let mut recent: HashMap<CgroupId, Vec<BlockedFlowRecord>> = HashMap::new();
+        if with_flows {
+            for flow in self.recent_flows(RECENT_FLOWS) {
+                recent.entry(flow.cgroup).or_default().push(flow);
+            }
+        }
+        let recent_of = |cgroups: &[CgroupId]| -> Vec<BlockedFlowRecord> {
+            let mut mine: Vec<BlockedFlowRecord> = cgroups
+                .iter()
+                .filter_map(|cgroup| recent.get(cgroup))
+                .flatten()
+                .cloned()
+                .collect();
+            // RFC 3339 times in one format sort as text.
+            mine.sort_by(|a, b| a.time.cmp(&b.time));
+            mine.split_off(mine.len().saturating_sub(RECENT_PER_CONTAINER))
+        };
+
+        let mut out = Vec::with_capacity(statics.len() + known.len());
+        for cgroup in &statics {
+            out.push(ContainerStatus {
+                name: cgroup.name.clone(),
+                id: String::new(),
+                image: String::new(),
+                compose_project: String::new(),
+                compose_service: String::new(),
+                vpn_required: true,
+                protected: policies.get(&cgroup.id).copied().unwrap_or(false),
+                vpn_gateway: false,
+                gateway: None,
+                running: true,
+                removed: false,
+                cgroups: vec![cgroup.id],
+                counters: CounterSet::from(&counters_of(Some(&cgroup.id))?),
+                recent_blocked: recent_of(&[cgroup.id]),
+            });
+        }
+        for (id, facts, cgroups, removed) in known {
+            let protected = match (facts.running, cgroups.last()) {
+                (true, Some(cgroup)) => {
+                    policies.get(cgroup).copied().unwrap_or(false)
+                        && facts
+                            .cgroup_path
+                            .as_deref()
+                            .is_some_and(|path| self.covered(path))
+                }
+                // Not running: what its next instance gets.
+                _ => removed.is_none() && registered.get(&id).copied().unwrap_or(false),
+            };
+            // The current (or last) instance's: a restart starts them from zero, as cAdvisor's
+            // do, which Prometheus reads as a counter reset. A sum over instances would drop
+            // when an agent restart forgets the older ones, and be read as a false reset.
+            let counters = match removed {
+                Some(last) => last,
+                None => counters_of(cgroups.last())?,
+            };
+            out.push(ContainerStatus {
+                name: facts.name,
+                id: id.as_str().to_string(),
+                image: facts.image,
+                compose_project: facts.compose_project,
+                compose_service: facts.compose_service,
+                vpn_required: facts.vpn_required,
+                protected,
+                vpn_gateway: facts.vpn_gateway,
+                gateway: facts.gateway,
+                running: facts.running,
+                removed: removed.is_some(),
+                recent_blocked: recent_of(&cgroups),
+                cgroups,
+                counters: CounterSet::from(&counters),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    fn covered(&self, path: &Path) -> bool {
+        self.attach_cgroups.iter().any(|a| path.starts_with(a))
+    }
+}
+
+/// Each gateway's tunnel as written in the pinned maps.
+pub fn gateways(maps: &Maps) -> Result<Vec<GatewayStatus>> {
+    Ok(maps
+        .gateways()?
+        .into_iter()
+        .map(|(slot, name, state)| GatewayStatus {
+            name,
+            slot: slot.0,
+            tunnel_up: state.tunnel_up == 1,
+            transitions: state.transitions,
+            last_change_secs: state.last_change_secs,
+        })
+        .collect())
+}
+
+/// What the pinned maps alone say, in the same form as the agent's answer: each cgroup with
+/// a policy, named by its path (a container's id when the path names one), its policy,
+/// gateway and counters. Docker's names need the agent.
+pub fn status_from_pins(
+    pin_dir: &Path,
+    maps: &Maps,
+    hierarchy: &Hierarchy,
+) -> Result<(Vec<GatewayStatus>, Vec<ContainerStatus>)> {
+    let gateways = gateways(maps)?;
+    let slots: HashMap<u32, String> = gateways.iter().map(|g| (g.slot, g.name.clone())).collect();
+    let registered: HashMap<ContainerId, CgroupPolicy> =
+        maps.registrations()?.into_iter().collect();
+    let attached: Vec<String> = attach_cgroup_ids(pin_dir)?
+        .into_iter()
+        .filter_map(|id| hierarchy.name_of(id).ok().flatten())
+        .collect();
+    let mut containers = Vec::new();
+    for (cgroup, policy) in maps.policies()? {
+        let path = hierarchy.name_of(cgroup)?;
+        let id = path.as_deref().and_then(container_of_path);
+        let covered = path
+            .as_deref()
+            .is_some_and(|p| attached.iter().any(|a| is_under(p, a)));
+        let vpn_required = id
+            .as_ref()
+            .and_then(|id| registered.get(id))
+            .map_or(policy.is_protected(), CgroupPolicy::is_protected);
+        containers.push(ContainerStatus {
+            name: path
+                .clone()
+                .unwrap_or_else(|| format!("cgroup {cgroup} (gone)")),
+            id: id.map(|id| id.as_str().to_string()).unwrap_or_default(),
+            image: String::new(),
+            compose_project: String::new(),
+            compose_service: String::new(),
+            vpn_required,
+            protected: policy.is_protected() && covered,
+            vpn_gateway: false,
+            gateway: slots.get(&policy.gateway).cloned(),
+            running: path.is_some(),
+            removed: false,
+            cgroups: vec![cgroup],
+            counters: CounterSet::from(&maps.counters(cgroup)?.unwrap_or_default()),
+            recent_blocked: Vec::new(),
+        });
+    }
+    containers.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((gateways, containers))
+}
+
+/// Whether cgroup path `path` is `ancestor` or below it.
+fn is_under(path: &str, ancestor: &str) -> bool {
+    ancestor == "/"
+        || path == ancestor
+        || path
+            .strip_prefix(ancestor)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cgroup_is_under_its_ancestors_only() {
+        assert!(super::is_under("/docker/abc", "/docker"));
+        assert!(super::is_under("/docker", "/docker"));
+        assert!(super::is_under("/x", "/"));
+        assert!(!super::is_under("/dockerx/abc", "/docker"));
+    }
+}

@@ -1,0 +1,244 @@
+//! Every call into the C library, behind safe functions: namespaces, interfaces, mounts,
+//! cgroups by handle. The rest of the crate has no `unsafe` (`#![deny(unsafe_code)]`).
+#![expect(
+    unsafe_code,
+    reason = "the one module that calls the C library; each block says why it is sound"
+)]
+
+use std::{
+    ffi::{CStr, CString, OsStr},
+    io,
+    os::{
+        fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
+};
+
+/// `SO_NETNS_COOKIE` (Linux 5.14), not in every libc crate version.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+/// `FILEID_KERNFS`: cgroup ids are kernfs file handles.
+const FILEID_KERNFS: i32 = 0xfe;
+
+fn c_string(text: impl AsRef<OsStr>) -> io::Result<CString> {
+    CString::new(text.as_ref().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a name"))
+}
+
+/// Returns `Err(last OS error)` when `rc` is negative.
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Moves the calling thread into the namespace of `namespace` (a `/proc/.../ns/*` or
+/// `/run/netns/*` file); `kind` is `libc::CLONE_NEWNET` or `libc::CLONE_NEWCGROUP`.
+pub fn setns(namespace: BorrowedFd<'_>, kind: libc::c_int) -> io::Result<()> {
+    // SAFETY: setns takes a descriptor we borrow for the call and a namespace type.
+    check(unsafe { libc::setns(namespace.as_raw_fd(), kind) }).map(drop)
+}
+
+/// A datagram socket in the calling thread's network namespace (for queries, not traffic).
+fn query_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); a non-negative result is a new descriptor we own.
+    let fd =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The cookie of the calling thread's network namespace, as `bpf_get_netns_cookie` reports.
+pub fn netns_cookie() -> io::Result<u64> {
+    let socket = query_socket()?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, which is that large.
+    check(unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(cookie)
+}
+
+/// The index of `interface` in the calling thread's network namespace.
+pub fn if_nametoindex(interface: &str) -> io::Result<u32> {
+    let name = c_string(interface)?;
+    // SAFETY: a valid NUL-terminated string for the duration of the call.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no interface named {interface:?}"),
+        )),
+        index => Ok(index),
+    }
+}
+
+/// The name of the interface with index `ifindex` in the calling thread's namespace.
+pub fn if_indextoname(ifindex: u32) -> io::Result<String> {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has IF_NAMESIZE bytes, as if_indextoname requires.
+    if unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "no interface with index {ifindex}: {}",
+                io::Error::last_os_error()
+            ),
+        ));
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into the buffer.
+    Ok(unsafe { CStr::from_ptr(name.as_ptr()) }
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// The `IFF_*` flags of `interface` in the calling thread's namespace.
+pub fn interface_flags(interface: &str) -> io::Result<libc::c_int> {
+    let name = interface.as_bytes();
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= request.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name {interface:?} is too long"),
+        ));
+    }
+    for (dst, src) in request.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    let socket = query_socket()?;
+    // SAFETY: SIOCGIFFLAGS reads a NUL-terminated name and writes the flags into `request`.
+    check(unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut request) })?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    Ok(libc::c_int::from(unsafe { request.ifr_ifru.ifru_flags }))
+}
+
+/// Mounts a filesystem of type `fstype` (no source, no options) at `path`.
+pub fn mount(fstype: &str, path: &Path) -> io::Result<()> {
+    let c_path = c_string(path)?;
+    let c_type = c_string(fstype)?;
+    // SAFETY: NUL-terminated strings that outlive the call; no mount data.
+    check(unsafe {
+        libc::mount(
+            c_type.as_ptr(),
+            c_path.as_ptr(),
+            c_type.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    })
+    .map(drop)
+}
+
+/// The filesystem magic number at `path`; `None` if nothing is there.
+pub fn filesystem_magic(path: &Path) -> io::Result<Option<i64>> {
+    let c_path = c_string(path)?;
+    // SAFETY: statfs is plain data; all zeroes is a valid value.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid path and a statfs struct to fill.
+    match check(unsafe { libc::statfs(c_path.as_ptr(), &mut stat) }) {
+        Ok(_) => Ok(Some(stat.f_type as i64)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Opens the cgroup `id` of the hierarchy mounted at `mount` (an open directory of it):
+/// `None` when no such cgroup exists any more.
+pub fn open_cgroup_by_id(mount: BorrowedFd<'_>, id: u64) -> io::Result<Option<OwnedFd>> {
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        id: u64,
+    }
+    let mut handle = Handle {
+        bytes: 8,
+        kind: FILEID_KERNFS,
+        id,
+    };
+    // SAFETY: a file handle of the size it declares and a directory descriptor we borrow.
+    let opened = check(unsafe {
+        libc::open_by_handle_at(
+            mount.as_raw_fd(),
+            (&raw mut handle).cast(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    });
+    match opened {
+        // SAFETY: a new descriptor owned by nobody else.
+        Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) })),
+        Err(error) if matches!(error.raw_os_error(), Some(libc::ESTALE | libc::ENOENT)) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// The path an open descriptor refers to.
+pub fn path_of(fd: impl AsFd) -> io::Result<PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd()))
+}
+
+/// Registers `inner` (a map's ring buffer) with the tokio reactor, to wait for it to be
+/// readable.
+pub fn readable_fd<T: std::os::fd::AsRawFd>(inner: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
+    // SAFETY: `inner` owns its descriptor and keeps it open for as long as the AsyncFd that
+    // owns `inner` lives; nothing else closes it.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE)
+    }
+    .map_err(std::io::Error::from)
+}
+
+/// A plain-data value from the start of `bytes` (as the kernel wrote it); `None` if too short.
+pub fn read_pod<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: T is Pod (any bit pattern is valid), the bytes are long enough, and the read
+    // does not assume alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_index_one_and_up() {
+        assert_eq!(if_nametoindex("lo").unwrap(), 1);
+        assert_eq!(if_indextoname(1).unwrap(), "lo");
+        let flags = interface_flags("lo").unwrap();
+        assert_ne!(flags & libc::IFF_UP, 0);
+        assert!(if_nametoindex("ngt-no-such-if").is_err());
+        assert!(interface_flags(&"x".repeat(40)).is_err());
+    }
+
+    #[test]
+    fn pods_are_read_from_short_or_unaligned_bytes() {
+        let bytes = [0u8, 1, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(read_pod::<u64>(&bytes[1..]), Some(1));
+        assert_eq!(read_pod::<u64>(&bytes[2..]), None);
+    }
+
+    #[test]
+    fn the_netns_cookie_is_stable() {
+        assert_eq!(netns_cookie().unwrap(), netns_cookie().unwrap());
+    }
+
+    #[test]
+    fn proc_has_a_filesystem_magic_and_a_missing_path_has_none() {
+        assert_eq!(filesystem_magic(Path::new("/proc")).unwrap(), Some(0x9fa0));
+        assert_eq!(
+            filesystem_magic(Path::new("/ngt/no/such/path")).unwrap(),
+            None
+        );
+    }
+}
