@@ -8,10 +8,26 @@
 pub mod parse;
 
 /// Layout version of the pinned maps. A pinned datapath whose version differs is not adopted.
-pub const DATAPATH_ABI: u64 = 3;
+pub const DATAPATH_ABI: u64 = 4;
 
-/// How many cgroup levels below the root the programs look up for a policy.
+/// How many cgroup levels below the root the programs walk for a policy; a cgroup deeper than
+/// that is still found by its own entry.
 pub const MAX_CGROUP_DEPTH: i32 = 16;
+
+/// Policy keys held in reserve: entries under keys no cgroup can have, which the classifier
+/// frees when the policy map is full so that a new container's cgroup still gets its entry.
+/// The agent puts them back.
+pub const RESERVED_POLICY_KEYS: u64 = 64;
+
+/// The `i`-th reserved policy key (no cgroup id comes near `u64::MAX`).
+pub const fn reserved_policy_key(i: u64) -> u64 {
+    u64::MAX - i
+}
+
+/// Whether `key` is a reserved policy key rather than a cgroup id.
+pub const fn is_reserved_policy_key(key: u64) -> bool {
+    key > u64::MAX - RESERVED_POLICY_KEYS
+}
 
 /// Gateway slots in [`maps::GATEWAYS`]; slot 0 means "no gateway".
 pub const MAX_GATEWAYS: u32 = 256;
@@ -31,9 +47,21 @@ pub mod maps {
     pub const ENDPOINTS: &str = "NG_ENDPOINTS";
     /// Gateway slots: array of [`crate::GatewayState`].
     pub const GATEWAYS: &str = "NG_GATEWAYS";
-    /// Raw-socket backstop: `u32` ifindex (host side of a protected namespace's veth, in the
-    /// agent's network namespace) -> `u64` cgroup id whose policy applies.
+    /// Guarded network namespaces: `u64` netns cookie -> [`crate::NetnsGuard`]. A namespace
+    /// with an entry has the backstop on its interfaces.
     pub const BACKSTOP: &str = "NG_BACKSTOP";
+    /// The interfaces of guarded namespaces: [`crate::IfaceKey`] -> `u64` netns cookie. The
+    /// backstop tells which namespace a frame leaves by the interface's index and its own
+    /// MAC address (the frames the kernel sends carry it): `bpf_get_netns_cookie` on a
+    /// frame without a socket of the namespace names the initial namespace instead.
+    pub const GUARDED_IFACES: &str = "NG_GUARDED_IFACES";
+    /// Processes stopped for opening a raw socket before their namespace's backstop was in
+    /// place: `u32` tgid -> [`crate::StoppedTask`].
+    pub const STOPPED: &str = "NG_STOPPED";
+    /// The VPN carrier of a guarded namespace's kernel tunnels (kernel WireGuard's peers,
+    /// found at run time): [`crate::CarrierKey`] -> `u32` (unused). The backstop lets them
+    /// out whoever the sender (the encrypted packet keeps the inner packet's socket).
+    pub const CARRIERS: &str = "NG_CARRIERS";
     /// Per-CPU counters: `u64` cgroup id -> [`crate::Counters`].
     pub const COUNTERS: &str = "NG_COUNTERS";
     /// Blocked-flow events ([`crate::BlockedFlow`]).
@@ -45,26 +73,33 @@ pub mod maps {
     /// Containers registered before their cgroup exists: [`crate::ContainerKey`] ->
     /// [`crate::CgroupPolicy`], applied by the cgroup_mkdir classifier.
     pub const CONTAINERS: &str = "NG_CONTAINERS";
-    /// Scratch space for the classifier (one path buffer per CPU).
-    pub const PATH_SCRATCH: &str = "NG_PATH_SCRATCH";
+    /// Scratch space for the classifier (one name buffer per CPU).
+    pub const NAME_SCRATCH: &str = "NG_NAME_SCRATCH";
+    /// Array of one [`crate::KernelLayout`]: where the running kernel keeps what the
+    /// classifier reads, written by the agent from the kernel's BTF.
+    pub const KERNEL_LAYOUT: &str = "NG_KERNEL_LAYOUT";
     /// The kernel programs' rare diagnostics (aya-log's ring buffer), forwarded to the
     /// agent's log.
     pub const LOGS: &str = "AYA_LOGS";
 
     /// Every map, in the order the agent pins them.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 17] = [
         POLICY,
         INTERNAL_V4,
         INTERNAL_V6,
         ENDPOINTS,
         GATEWAYS,
         BACKSTOP,
+        GUARDED_IFACES,
+        STOPPED,
+        CARRIERS,
         COUNTERS,
         EVENTS,
         EVENT_BUDGET,
         META,
         CONTAINERS,
-        PATH_SCRATCH,
+        NAME_SCRATCH,
+        KERNEL_LAYOUT,
         LOGS,
     ];
 }
@@ -127,8 +162,15 @@ pub enum Hook {
     Connect = 1,
     /// cgroup sendmsg4/6: `sendto()` failed with EPERM.
     Sendmsg = 2,
-    /// TC on the host-side veth: a frame that bypassed the socket layer was dropped.
+    /// TC egress inside a guarded network namespace: a frame that bypassed the socket
+    /// layer (AF_PACKET, or sent by the kernel for a protected namespace) was dropped.
     Backstop = 3,
+    /// cgroup setsockopt: `PACKET_QDISC_BYPASS` (which skips TC) refused with EPERM.
+    Setsockopt = 4,
+    /// `socket(AF_PACKET, ...)` (the `sys_enter` tracepoint): a process opened an AF_PACKET
+    /// socket while its namespace had no backstop yet; it was stopped (SIGSTOP) until the
+    /// backstop is in place.
+    SockCreate = 5,
 }
 
 impl Hook {
@@ -139,6 +181,8 @@ impl Hook {
             1 => Some(Hook::Connect),
             2 => Some(Hook::Sendmsg),
             3 => Some(Hook::Backstop),
+            4 => Some(Hook::Setsockopt),
+            5 => Some(Hook::SockCreate),
             _ => None,
         }
     }
@@ -150,6 +194,8 @@ impl Hook {
             Hook::Connect => "connect",
             Hook::Sendmsg => "sendmsg",
             Hook::Backstop => "backstop",
+            Hook::Setsockopt => "setsockopt",
+            Hook::SockCreate => "sock_create",
         }
     }
 }
@@ -171,8 +217,94 @@ pub struct ContainerKey {
     pub id: [u8; CONTAINER_ID_LEN],
 }
 
-/// Longest cgroup path (relative to the hierarchy root) the classifier reads.
-pub const PATH_SCRATCH_LEN: usize = 256;
+/// Longest cgroup name (one path component, NAME_MAX plus its NUL) the classifier reads.
+pub const NAME_SCRATCH_LEN: usize = 256;
+
+/// Byte offsets of the kernel struct members the classifier reads of a new cgroup, from the
+/// running kernel's BTF (so one build serves every kernel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// `struct cgroup`: `kn` (its kernfs node).
+    pub cgroup_kn: u32,
+    /// `struct cgroup`: `root` (its hierarchy).
+    pub cgroup_root: u32,
+    /// `struct kernfs_node`: `id` (the cgroup id).
+    pub kernfs_node_id: u32,
+    /// `struct kernfs_node`: `name` (the last path component).
+    pub kernfs_node_name: u32,
+    /// `struct kernfs_node`: `iattr` (set when the owner is not root).
+    pub kernfs_node_iattr: u32,
+    /// `struct kernfs_iattrs`: `ia_uid`.
+    pub kernfs_iattrs_uid: u32,
+    /// `struct cgroup_root`: `hierarchy_id` (0 for cgroup v2).
+    pub cgroup_root_hierarchy_id: u32,
+    /// `struct net`: `net_cookie`.
+    pub net_cookie: u32,
+    /// `struct task_struct`: `nsproxy`.
+    pub task_nsproxy: u32,
+    /// `struct nsproxy`: `net_ns`.
+    pub nsproxy_net_ns: u32,
+    /// Where in `struct task_struct` the flag of a 32-bit (compat) system call is: x86's
+    /// `thread_info.status` (`TS_COMPAT`), arm64's `thread_info.flags` (`TIF_32BIT`).
+    pub compat_flag_offset: u32,
+    /// That flag's bit.
+    pub compat_flag_mask: u32,
+    pub _pad: u32,
+    /// 1 once the agent has written the layout; the classifier does nothing before.
+    pub valid: u32,
+    /// Id of the cgroup2 root: the cgroup of sockets the kernel opens for itself.
+    pub root_cgroup_id: u64,
+}
+
+/// A guarded network namespace: the backstop is attached to its interfaces.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsGuard {
+    /// The cgroup whose policy judges frames the kernel sends without a process's socket
+    /// (RST, ICMP errors) in this namespace; 0: they pass (the host's namespace).
+    pub socketless_cgroup: u64,
+}
+
+/// A process stopped because it opened an AF_PACKET socket in a namespace without its
+/// backstop: the agent continues it once the backstop is in place (or its cgroup is no
+/// longer protected). Keyed by its process id (tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoppedTask {
+    /// The cgroup it ran in.
+    pub own_cgroup: u64,
+    /// The cgroup whose protected policy applied.
+    pub policy_cgroup: u64,
+    /// Its network namespace's cookie.
+    pub netns_cookie: u64,
+    /// When it was stopped (`CLOCK_MONOTONIC`, ns).
+    pub stopped_at_ns: u64,
+}
+
+/// An interface of a guarded namespace: its index and its MAC address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IfaceKey {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// A destination of a kernel tunnel's encrypted packets leaving a guarded namespace (UDP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CarrierKey {
+    /// The namespace's cookie.
+    pub netns_cookie: u64,
+    /// Address; IPv4 in the first four bytes, the rest zero.
+    pub addr: [u8; 16],
+    /// Destination UDP port in host order.
+    pub port: u16,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
 
 /// What the datapath does for one cgroup (and its descendants without an entry of their own).
 #[repr(C)]
@@ -381,6 +513,11 @@ mod pod {
     unsafe impl aya::Pod for BlockedFlow {}
     unsafe impl aya::Pod for EventBudget {}
     unsafe impl aya::Pod for ContainerKey {}
+    unsafe impl aya::Pod for KernelLayout {}
+    unsafe impl aya::Pod for NetnsGuard {}
+    unsafe impl aya::Pod for CarrierKey {}
+    unsafe impl aya::Pod for IfaceKey {}
+    unsafe impl aya::Pod for StoppedTask {}
 }
 
 // No implicit padding: each size equals the sum of its fields.
@@ -393,4 +530,81 @@ const _: () = {
     assert!(core::mem::size_of::<Counters>() == 8 * (4 + 3 * BLOCK_REASONS + 1));
     assert!(core::mem::size_of::<BlockedFlow>() == 40);
     assert!(core::mem::size_of::<EventBudget>() == 16);
+    assert!(core::mem::size_of::<KernelLayout>() == 4 * 14 + 8);
+    assert!(core::mem::size_of::<NetnsGuard>() == 8);
+    assert!(core::mem::size_of::<CarrierKey>() == 8 + 16 + 2 + 1 + 5);
+    assert!(core::mem::size_of::<IfaceKey>() == 4 + 6 + 2);
+    assert!(core::mem::size_of::<StoppedTask>() == 32);
 };
+
+/// Where the 64-hex container id starts in a cgroup's name of `len` bytes held in `name`:
+/// `<id>` (cgroupfs driver) or `docker-<id>.scope` (systemd driver). `None` for any other
+/// name. Shared by the classifier and the agent; every index is masked so the BPF verifier
+/// can bound it.
+#[inline(always)]
+pub fn container_id_start(name: &[u8; NAME_SCRATCH_LEN], len: usize) -> Option<usize> {
+    const PREFIX: &[u8; 7] = b"docker-";
+    const SUFFIX: &[u8; 6] = b".scope";
+    const MASK: usize = NAME_SCRATCH_LEN - 1;
+    let start = if len == CONTAINER_ID_LEN {
+        0
+    } else if len == PREFIX.len() + CONTAINER_ID_LEN + SUFFIX.len() {
+        for (i, b) in PREFIX.iter().enumerate() {
+            if name[i & MASK] != *b {
+                return None;
+            }
+        }
+        for (i, b) in SUFFIX.iter().enumerate() {
+            if name[(PREFIX.len() + CONTAINER_ID_LEN + i) & MASK] != *b {
+                return None;
+            }
+        }
+        PREFIX.len()
+    } else {
+        return None;
+    };
+    for i in 0..CONTAINER_ID_LEN {
+        let c = name[(start + i) & MASK];
+        if !(c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {
+            return None;
+        }
+    }
+    Some(start)
+}
+
+#[cfg(test)]
+mod name_tests {
+    extern crate std;
+
+    use std::{format, string::String, string::ToString};
+
+    use super::*;
+
+    fn name(text: &str) -> ([u8; NAME_SCRATCH_LEN], usize) {
+        let mut buf = [0u8; NAME_SCRATCH_LEN];
+        buf[..text.len()].copy_from_slice(text.as_bytes());
+        (buf, text.len())
+    }
+
+    #[test]
+    fn container_names_of_both_drivers_are_recognised_and_nothing_else() {
+        let id = "0123456789abcdef".repeat(4);
+        let (buf, len) = name(&id);
+        assert_eq!(container_id_start(&buf, len), Some(0));
+        let scope = ["docker-", &id, ".scope"].concat();
+        let (buf, len) = name(&scope);
+        assert_eq!(container_id_start(&buf, len), Some(7));
+        for other in [
+            id.to_uppercase(),
+            id[..63].to_string(),
+            format!("{id}0"),
+            ["podman-", &id, ".scope"].concat(),
+            ["docker-", &id, ".slice"].concat(),
+            "system.slice".to_string(),
+            String::new(),
+        ] {
+            let (buf, len) = name(&other);
+            assert_eq!(container_id_start(&buf, len), None, "{other}");
+        }
+    }
+}

@@ -50,7 +50,9 @@ pub fn settle(
         && slot < c.blocked_packets.len()
     {
         match hook {
-            Hook::Connect | Hook::Sendmsg => c.refused_calls[slot] += 1,
+            Hook::Connect | Hook::Sendmsg | Hook::Setsockopt | Hook::SockCreate => {
+                c.refused_calls[slot] += 1
+            }
             Hook::Egress | Hook::Backstop => {
                 c.blocked_packets[slot] += 1;
                 c.blocked_bytes[slot] += u64::from(bytes);

@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use netguard_common::{
-    CgroupPolicy, ContainerKey, Counters, EndpointKey, EventBudget, GatewayState, MAX_GATEWAYS,
-    PATH_SCRATCH_LEN, ScopedV4, ScopedV6,
+    CarrierKey, CgroupPolicy, ContainerKey, Counters, EndpointKey, EventBudget, GatewayState,
+    IfaceKey, KernelLayout, MAX_GATEWAYS, NAME_SCRATCH_LEN, NetnsGuard, ScopedV4, ScopedV6,
+    StoppedTask,
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -27,7 +28,13 @@ pub static ENDPOINTS: HashMap<EndpointKey, u32> = HashMap::with_max_entries(4096
 #[map(name = "NG_GATEWAYS")]
 pub static GATEWAYS: Array<GatewayState> = Array::with_max_entries(MAX_GATEWAYS, 0);
 #[map(name = "NG_BACKSTOP")]
-pub static BACKSTOP: HashMap<u32, u64> = HashMap::with_max_entries(MAX_POLICIES, 0);
+pub static BACKSTOP: HashMap<u64, NetnsGuard> = HashMap::with_max_entries(MAX_POLICIES, 0);
+#[map(name = "NG_GUARDED_IFACES")]
+pub static GUARDED_IFACES: HashMap<IfaceKey, u64> = HashMap::with_max_entries(MAX_POLICIES, 0);
+#[map(name = "NG_STOPPED")]
+pub static STOPPED: LruHashMap<u32, StoppedTask> = LruHashMap::with_max_entries(4096, 0);
+#[map(name = "NG_CARRIERS")]
+pub static CARRIERS: HashMap<CarrierKey, u32> = HashMap::with_max_entries(1024, 0);
 #[map(name = "NG_COUNTERS")]
 pub static COUNTERS: PerCpuHashMap<u64, Counters> =
     PerCpuHashMap::with_max_entries(MAX_POLICIES, 0);
@@ -41,5 +48,7 @@ pub static META: Array<u64> = Array::with_max_entries(1, 0);
 #[map(name = "NG_CONTAINERS")]
 pub static CONTAINERS: HashMap<ContainerKey, CgroupPolicy> =
     HashMap::with_max_entries(MAX_POLICIES, 0);
-#[map(name = "NG_PATH_SCRATCH")]
-pub static PATH_SCRATCH: PerCpuArray<[u8; PATH_SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "NG_NAME_SCRATCH")]
+pub static NAME_SCRATCH: PerCpuArray<[u8; NAME_SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "NG_KERNEL_LAYOUT")]
+pub static KERNEL_LAYOUT: Array<KernelLayout> = Array::with_max_entries(1, 0);

@@ -8,28 +8,43 @@ use netguard_common::{
 
 use crate::maps::{ENDPOINTS, GATEWAYS, INTERNAL_V4, INTERNAL_V6, POLICY};
 
-/// The policy that applies to a cgroup: the shallowest protected one among it and its
+/// The policy that applies to cgroup `own`: the shallowest protected one among it and its
 /// ancestors (so no entry below a protected cgroup, count-only or not, can loosen it), else
-/// the shallowest count-only one. Returns the owning cgroup's id with it.
+/// the shallowest count-only one. Returns the owning cgroup's id with it. The walk from the
+/// root covers [`MAX_CGROUP_DEPTH`] levels; a cgroup deeper than that is still found by its
+/// own entry, so a container's cgroup is enforced at any depth.
 #[inline(always)]
-pub fn find_policy(ancestor: impl Fn(i32) -> u64) -> Option<(u64, CgroupPolicy)> {
+pub fn find_policy(ancestor: impl Fn(i32) -> u64, own: u64) -> Option<(u64, CgroupPolicy)> {
     let mut counted_only = None;
+    let mut reached_own = false;
     for level in 1..=MAX_CGROUP_DEPTH {
         let id = ancestor(level);
         if id == 0 {
+            reached_own = true;
             break;
         }
-        // SAFETY: the value is copied out at once.
-        if let Some(policy) = unsafe { POLICY.get(id) } {
-            if policy.is_protected() {
-                return Some((id, *policy));
+        if let Some(found) = lookup(id) {
+            if found.1.is_protected() {
+                return Some(found);
             }
             if counted_only.is_none() {
-                counted_only = Some((id, *policy));
+                counted_only = Some(found);
             }
         }
     }
+    if !reached_own
+        && let Some(found) = lookup(own)
+        && (found.1.is_protected() || counted_only.is_none())
+    {
+        return Some(found);
+    }
     counted_only
+}
+
+#[inline(always)]
+fn lookup(id: u64) -> Option<(u64, CgroupPolicy)> {
+    // SAFETY: the value is copied out at once.
+    unsafe { POLICY.get(id) }.map(|policy| (id, *policy))
 }
 
 /// What is known of the route the flow takes.
@@ -40,9 +55,6 @@ pub enum Route {
     /// connect()/sendto(): not routed yet. The tunnel allowance applies while the tunnel is
     /// up; the packet is checked again at egress, which is the enforcement of record.
     NotYetRouted,
-    /// The backstop on the host-side veth: the frame has already left the namespace without
-    /// going through the tunnel, so the tunnel allowance never applies.
-    OutsideTunnel,
 }
 
 /// `Ok` to let the flow out, `Err(reason)` to block it. `scope` is the cgroup id owning
@@ -87,7 +99,7 @@ pub fn decide(
         {
             Ok(())
         }
-        Route::Device { .. } | Route::OutsideTunnel => Err(BlockReason::NotAllowed),
+        Route::Device { .. } => Err(BlockReason::NotAllowed),
     }
 }
 

@@ -36,9 +36,40 @@ pub struct ContainerStatus {
     pub counters: CounterSet,
     /// Its most recent blocked flows, newest last.
     pub recent_blocked: Vec<BlockedFlowRecord>,
+    /// A cgroup named like a container that the Docker daemon does not know (another
+    /// engine's); `problems` says whether it is held (everything external blocked) or not
+    /// enforced at all.
+    #[serde(default)]
+    pub unknown: bool,
+    /// What the operator should know: labels ignored or malformed, why it is not protected.
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 impl ContainerStatus {
+    /// A cgroup netguard knows only by its path (a static cgroup, an unknown container
+    /// cgroup, an entry of the pinned maps): no Docker facts, counters to be filled in.
+    pub fn bare(name: String, cgroup: u64) -> Self {
+        Self {
+            name,
+            id: String::new(),
+            image: String::new(),
+            compose_project: String::new(),
+            compose_service: String::new(),
+            vpn_required: false,
+            protected: false,
+            vpn_gateway: false,
+            gateway: None,
+            running: true,
+            removed: false,
+            cgroups: vec![cgroup],
+            counters: CounterSet::default(),
+            recent_blocked: Vec::new(),
+            unknown: false,
+            problems: Vec::new(),
+        }
+    }
+
     /// The first 12 hex digits of the id, as Docker shows it.
     pub fn short_id(&self) -> &str {
         &self.id[..self.id.len().min(12)]

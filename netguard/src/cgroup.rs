@@ -124,6 +124,61 @@ impl Hierarchy {
             .is_some())
     }
 
+    /// Cgroups named like containers (`<64 hex>`, `docker-<64 hex>.scope`), found by walking
+    /// the tree; at most `limit` directories are visited (a user's delegated subtree may be
+    /// huge), so the answer may be partial, which [`Found::complete`] says.
+    pub fn container_like(&self, limit: usize) -> Found {
+        let mut found = Found {
+            cgroups: Vec::new(),
+            complete: true,
+        };
+        let mut pending = vec![self.root.clone()];
+        let mut visited = 0;
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                visited += 1;
+                if visited > limit {
+                    found.complete = false;
+                    return found;
+                }
+                let path = entry.path();
+                if let Some(container) = container_of_path(&entry.file_name().to_string_lossy())
+                    && let Ok(metadata) = entry.metadata()
+                {
+                    found.cgroups.push(ContainerLike {
+                        id: metadata.ino(),
+                        path: relative_name(&self.root, &path),
+                        owner: metadata.uid(),
+                        container,
+                    });
+                }
+                pending.push(path);
+            }
+        }
+        found
+    }
+
+    /// Freezes (or thaws) cgroup `id` and everything below it through cgroup v2's freezer:
+    /// its processes stop, so they send nothing. `Ok(false)` if the cgroup is gone.
+    pub fn freeze(&self, id: CgroupId, frozen: bool) -> Result<bool> {
+        let Some(name) = self.name_of(id)? else {
+            return Ok(false);
+        };
+        let file = self
+            .root
+            .join(name.trim_start_matches('/'))
+            .join("cgroup.freeze");
+        fs::write(&file, if frozen { "1" } else { "0" })
+            .with_context(|| format!("writing {}", file.display()))?;
+        Ok(true)
+    }
+
     /// The path of cgroup `id` below the root (`/docker/<id>`), if it still exists.
     pub fn name_of(&self, id: CgroupId) -> Result<Option<String>> {
         let Some(fd) = sys::open_cgroup_by_id(self.dir.as_fd(), id)? else {
@@ -131,6 +186,33 @@ impl Hierarchy {
         };
         Ok(Some(relative_name(&self.root, &sys::path_of(fd)?)))
     }
+}
+
+/// What [`Hierarchy::container_like`] found.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub cgroups: Vec<ContainerLike>,
+    /// Whether the whole tree was walked.
+    pub complete: bool,
+}
+
+/// A cgroup named like a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerLike {
+    pub id: CgroupId,
+    /// Below the root (`/docker/<id>`).
+    pub path: String,
+    /// The user that created it (root for container engines that run as root).
+    pub owner: u32,
+    pub container: crate::domain::ContainerId,
+}
+
+/// The id of the cgroup v2 process `pid` is in now; `None` once it is gone.
+pub fn cgroup_of_process(root: &Path, pid: u32) -> Option<CgroupId> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let relative = text.lines().find_map(|line| line.strip_prefix("0::"))?;
+    let path = root.join(relative.trim_start_matches('/'));
+    fs::metadata(path).ok().map(|m| m.ino())
 }
 
 /// The cgroup v2 a process is in, from `/proc/<pid>/cgroup` (`0::<path>`), which names it
@@ -178,6 +260,40 @@ pub fn container_of_path(path: &str) -> Option<crate::domain::ContainerId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_walk_finds_container_names_at_any_depth_within_its_limit() {
+        let root = std::env::temp_dir().join(format!("ng-walk-{}", std::process::id()));
+        let (a, b) = ("ab".repeat(32), "cd".repeat(32));
+        let deep = root.join("x/y/z").join(format!("docker-{b}.scope"));
+        fs::create_dir_all(&deep).unwrap();
+        fs::create_dir_all(root.join("docker").join(&a)).unwrap();
+        fs::create_dir_all(root.join("docker/not-a-container")).unwrap();
+        fs::write(root.join("docker").join("c".repeat(64)), "a file").unwrap();
+        let hierarchy = Hierarchy::open(&root).unwrap();
+
+        let found = hierarchy.container_like(100);
+        let mut paths: Vec<String> = found.cgroups.iter().map(|c| c.path.clone()).collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [format!("/docker/{a}"), format!("/x/y/z/docker-{b}.scope")]
+        );
+        assert!(found.complete);
+        let own_uid = fs::metadata(&root).unwrap().uid();
+        assert!(found.cgroups.iter().all(|c| c.owner == own_uid));
+        let id_of_a = fs::metadata(root.join("docker").join(&a)).unwrap().ino();
+        assert!(
+            found
+                .cgroups
+                .iter()
+                .any(|c| c.id == id_of_a && c.container.to_string() == a)
+        );
+
+        let partial = hierarchy.container_like(3);
+        assert!(!partial.complete);
+        fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn the_container_cgroup_is_the_one_named_after_it() {

@@ -96,6 +96,56 @@ pub fn doctor(agent: Option<AgentClient>, pin_dir: &Path, docker_socket: &Path) 
     Ok(())
 }
 
+/// `netguard enforcing`: succeeds only when the datapath under `pin_dir` enforces — its
+/// maps of this build's layout, every cgroup program on an attach cgroup, and (unless
+/// `without_classifier`) the classifier. What docker.service waits for at boot.
+pub fn enforcing(pin_dir: &Path, without_classifier: bool) -> Result<()> {
+    Maps::open_pinned(pin_dir)?;
+    let attach = pins::attach_cgroup_ids(pin_dir)?;
+    if attach.is_empty() {
+        bail!(
+            "not enforcing: no cgroup under {} has programs attached; start `netguard run`",
+            pin_dir.display()
+        );
+    }
+    let incomplete: Vec<u64> = attach
+        .iter()
+        .copied()
+        .filter(|id| !pins::has_every_cgroup_program(pin_dir, *id))
+        .collect();
+    if !incomplete.is_empty() {
+        bail!(
+            "not enforcing: cgroups {incomplete:?} under {} lack some of the programs; start \
+             `netguard run`",
+            pin_dir.display()
+        );
+    }
+    if !pins::has_sock_guard(pin_dir) {
+        bail!(
+            "not enforcing: the raw-socket guard is not attached under {}; start `netguard run`",
+            pin_dir.display()
+        );
+    }
+    let classifier = pin_dir.join("links").join("tp_cgroup_mkdir");
+    if !without_classifier && !pins::link_is_live(&classifier) {
+        bail!(
+            "not enforcing: the container classifier is not attached under {}; start `netguard \
+             run` (with Docker), or pass --without-classifier for a static configuration",
+            pin_dir.display()
+        );
+    }
+    println!(
+        "enforcing: {} attach cgroups{}",
+        attach.len(),
+        if without_classifier {
+            ""
+        } else {
+            " and the container classifier"
+        }
+    );
+    Ok(())
+}
+
 /// `netguard unload`: every pinned program and map goes; protection stops.
 pub fn unload(pin_dir: &Path) -> Result<()> {
     if pins::unload(pin_dir)? {

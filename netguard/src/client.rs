@@ -23,11 +23,13 @@ use crate::{
 /// The agent at `address` (its `--listen`); an unspecified address means this host.
 pub struct AgentClient {
     address: SocketAddr,
+    /// The bearer token the agent asks for, if any.
+    token: Option<String>,
     http: Client<HttpConnector, Empty<Bytes>>,
 }
 
 impl AgentClient {
-    pub fn new(mut address: SocketAddr) -> Self {
+    pub fn new(mut address: SocketAddr, token: Option<String>) -> Self {
         match address.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => address.set_ip(Ipv4Addr::LOCALHOST.into()),
             IpAddr::V6(ip) if ip.is_unspecified() => address.set_ip(Ipv6Addr::LOCALHOST.into()),
@@ -35,6 +37,7 @@ impl AgentClient {
         }
         Self {
             address,
+            token,
             http: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -46,7 +49,11 @@ impl AgentClient {
     /// Sends `GET path`; the response's head must come within [`ANSWER_TIMEOUT`] (a stuck
     /// agent, or something else on its port, must not hang the CLI).
     async fn send(&self, path: &str) -> Result<hyper::Response<Incoming>> {
-        let request = Request::get(self.url(path)).body(Empty::new())?;
+        let mut request = Request::get(self.url(path));
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request.body(Empty::new())?;
         let no_agent = || {
             format!(
                 "no netguard agent answers at {} (is `netguard run` running? \
@@ -211,6 +218,7 @@ pub fn status_table(gateways: &[GatewayStatus], containers: &[ContainerStatus]) 
     ));
     for c in containers {
         let policy = match (c.removed, c.vpn_gateway, c.vpn_required, c.protected) {
+            _ if c.unknown => "UNKNOWN",
             (true, ..) => "-",
             (false, true, ..) => "gateway",
             (false, false, _, true) => "protected",
@@ -234,6 +242,18 @@ pub fn status_table(gateways: &[GatewayStatus], containers: &[ContainerStatus]) 
             c.counters.blocked_packets_total(),
             c.counters.refused_calls_total(),
         ));
+    }
+    let problems: Vec<String> = containers
+        .iter()
+        .flat_map(|c| {
+            c.problems
+                .iter()
+                .map(move |p| format!("  {}: {p}\n", c.name))
+        })
+        .collect();
+    if !problems.is_empty() {
+        out.push_str("\nPROBLEMS\n");
+        out.extend(problems);
     }
     out
 }

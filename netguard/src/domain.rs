@@ -10,10 +10,17 @@ use std::{
 use anyhow::{Result, bail};
 use ipnet::IpNet;
 use netguard_common::{
-    BlockReason, BlockedFlow, CONTAINER_ID_LEN, ContainerKey, EndpointKey, FAMILY_V4, FAMILY_V6,
-    Hook,
+    BlockReason, BlockedFlow, CONTAINER_ID_LEN, CarrierKey, ContainerKey, EndpointKey, FAMILY_V4,
+    FAMILY_V6, Hook,
 };
 use thiserror::Error;
+
+/// An interface's MAC address.
+pub type Mac = [u8; 6];
+
+/// The "MAC address" netguard gives an interface without a link-layer header (tun,
+/// WireGuard, ppp): no Ethernet device has it.
+pub const NO_LINK_HEADER: Mac = [0; 6];
 
 /// A cgroup v2 id: the inode number of its directory, as `bpf_skb_cgroup_id` reports it.
 pub type CgroupId = u64;
@@ -153,23 +160,38 @@ impl fmt::Display for Endpoint {
 impl Endpoint {
     /// The kernel's key for this endpoint of gateway `slot`.
     pub fn key(&self, slot: GatewayId) -> EndpointKey {
-        let mut key = EndpointKey {
+        let (family, addr) = kernel_address(self.addr.ip());
+        EndpointKey {
             gateway: slot.0,
             port: self.addr.port(),
             proto: self.transport.number(),
-            ..EndpointKey::default()
-        };
-        match self.addr.ip() {
-            IpAddr::V4(ip) => {
-                key.family = FAMILY_V4;
-                key.addr[..4].copy_from_slice(&ip.octets());
-            }
-            IpAddr::V6(ip) => {
-                key.family = FAMILY_V6;
-                key.addr = ip.octets();
-            }
+            family,
+            addr,
         }
-        key
+    }
+}
+
+/// The kernel's key for the carrier `to` (a kernel tunnel's peer) of namespace `netns_cookie`.
+pub fn carrier_key(netns_cookie: u64, to: SocketAddr) -> CarrierKey {
+    let (family, addr) = kernel_address(to.ip());
+    CarrierKey {
+        netns_cookie,
+        port: to.port(),
+        family,
+        addr,
+        _pad: [0; 5],
+    }
+}
+
+/// An address as the kernel's keys hold it: family, and IPv4 in the first four bytes.
+fn kernel_address(ip: IpAddr) -> (u8, [u8; 16]) {
+    let mut addr = [0; 16];
+    match ip {
+        IpAddr::V4(ip) => {
+            addr[..4].copy_from_slice(&ip.octets());
+            (FAMILY_V4, addr)
+        }
+        IpAddr::V6(ip) => (FAMILY_V6, ip.octets()),
     }
 }
 

@@ -58,7 +58,55 @@ pub struct ContainerLabels {
     pub problems: Vec<String>,
 }
 
+/// Whether `key` can loosen what a container may reach (or name what it may use): such a
+/// label counts only when set on the container itself, never when it comes with the image.
+pub fn loosens(key: &str) -> bool {
+    key.starts_with("netguard.") && key != "netguard.test"
+}
+
+/// Where a container's label values come from, for [`ContainerLabels::parse_container`].
+pub enum ImageLabels<'a> {
+    /// The image's labels, as `docker image inspect` shows them.
+    Known(&'a std::collections::HashMap<String, String>),
+    /// Not known yet (a create event): every loosening label is set aside until they are.
+    Unknown,
+}
+
 impl ContainerLabels {
+    /// A container's labels, with those it got from its image told apart: Docker copies an
+    /// image's labels into the container's, so an image could otherwise open its own
+    /// container (`netguard.allow=0.0.0.0/0`) or pose as a gateway. A loosening label whose
+    /// value is the image's is ignored and reported; `vpn=required` from an image still
+    /// protects (stricter is fine).
+    pub fn parse_container<'a>(
+        labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+        image: ImageLabels<'_>,
+    ) -> Self {
+        let mut from_image = Vec::new();
+        let own: Vec<(&str, &str)> = labels
+            .into_iter()
+            .filter(|(key, value)| {
+                let inherited = loosens(key)
+                    && match &image {
+                        ImageLabels::Known(image) => {
+                            image.get(*key).map(String::as_str) == Some(*value)
+                        }
+                        ImageLabels::Unknown => true,
+                    };
+                if inherited && matches!(image, ImageLabels::Known(_)) {
+                    from_image.push(format!(
+                        "label {key}={value:?} comes from the image: ignored (set it on the \
+                         container, with docker run --label or Compose labels:, to use it)"
+                    ));
+                }
+                !inherited
+            })
+            .collect();
+        let mut parsed = Self::parse(own);
+        parsed.problems.extend(from_image);
+        parsed
+    }
+
     pub fn parse<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let mut parsed = Self::default();
         let all: Vec<(&str, &str)> = labels.into_iter().collect();
@@ -281,6 +329,43 @@ mod tests {
         );
         assert_eq!(health.combine, Combine::Any);
         assert_eq!(labels.problems.len(), 1, "{:?}", labels.problems);
+    }
+
+    #[test]
+    fn loosening_labels_from_the_image_are_ignored_and_reported_but_vpn_required_protects() {
+        let image: std::collections::HashMap<String, String> = [
+            ("netguard.allow", "0.0.0.0/0,::/0"),
+            ("netguard.role", "vpn-gateway"),
+            ("netguard.endpoints", "198.51.100.9:1194/udp"),
+            ("vpn", "required"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        let merged = [
+            ("netguard.allow", "0.0.0.0/0,::/0"),
+            ("netguard.role", "vpn-gateway"),
+            ("netguard.endpoints", "198.51.100.9:1194/udp"),
+            ("vpn", "required"),
+            ("com.example", "x"),
+        ];
+        let labels = ContainerLabels::parse_container(merged, ImageLabels::Known(&image));
+        assert!(
+            labels.protected,
+            "vpn=required from the image still protects"
+        );
+        assert!(!labels.is_gateway && labels.allow.is_empty() && labels.endpoints.is_empty());
+        assert_eq!(labels.problems.len(), 3, "{:?}", labels.problems);
+        assert!(labels.problems[0].contains("comes from the image"));
+
+        // Set on the container (a value of its own overrides the image's): it counts.
+        let own = [("netguard.allow", "10.0.0.0/8"), ("vpn", "required")];
+        let labels = ContainerLabels::parse_container(own, ImageLabels::Known(&image));
+        assert_eq!(labels.allow, vec!["10.0.0.0/8".parse().unwrap()]);
+        assert!(labels.problems.is_empty());
+
+        // Before the image is known (a create event), nothing loosening counts yet.
+        let labels = ContainerLabels::parse_container(own, ImageLabels::Unknown);
+        assert!(labels.protected && labels.allow.is_empty() && labels.problems.is_empty());
     }
 
     #[test]

@@ -62,6 +62,15 @@ enum Command {
         #[arg(long, env = "NETGUARD_DOCKER_SOCKET", default_value = DEFAULT_DOCKER_SOCKET)]
         docker_socket: PathBuf,
     },
+    /// Exit 0 only when the pinned datapath enforces (every cgroup program attached, and the
+    /// container classifier): what docker.service waits for at boot (ExecStartPre).
+    Enforcing {
+        #[arg(long, env = "NETGUARD_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// A static configuration (no Docker): the classifier is not needed.
+        #[arg(long)]
+        without_classifier: bool,
+    },
     /// Remove every pinned program and map: protection stops.
     Unload {
         #[arg(long, env = "NETGUARD_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
@@ -74,12 +83,20 @@ struct AgentArgs {
     /// The agent's HTTP address (its --listen).
     #[arg(long, env = "NETGUARD_LISTEN", default_value = DEFAULT_LISTEN)]
     agent: String,
+    /// The agent's API token file (its --api-token-file), if it asks for one.
+    #[arg(long, env = "NETGUARD_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
 }
 
 impl AgentArgs {
     /// The agent's client; `None` when its HTTP server is off.
     fn client(&self) -> Result<Option<AgentClient>, ConfigError> {
-        Ok(parse_listen(&self.agent)?.map(AgentClient::new))
+        let token = self
+            .api_token_file
+            .as_deref()
+            .map(netguard::http::read_token)
+            .transpose()?;
+        Ok(parse_listen(&self.agent)?.map(|address| AgentClient::new(address, token)))
     }
 }
 
@@ -120,6 +137,15 @@ struct RunArgs {
     /// Seconds a destroyed container's series stay in /metrics [default: 300].
     #[arg(long, env = "NETGUARD_METRICS_GRACE_SECS")]
     metrics_grace_secs: Option<u64>,
+    /// File with the bearer token the HTTP API asks for (made with a random one if missing).
+    #[arg(long, env = "NETGUARD_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+    /// Live flow streams served at once [default: 8].
+    #[arg(long, env = "NETGUARD_MAX_FLOW_STREAMS")]
+    max_flow_streams: Option<usize>,
+    /// Seconds between full reconciles with Docker [default: 30].
+    #[arg(long, env = "NETGUARD_RESYNC_SECS")]
+    resync_secs: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -150,6 +176,10 @@ fn main() -> ExitCode {
             .client()
             .map_err(Into::into)
             .and_then(|client| cli::observe(client, json)),
+        Command::Enforcing {
+            pin_dir,
+            without_classifier,
+        } => cli::enforcing(&pin_dir, without_classifier),
         Command::Unload { pin_dir } => cli::unload(&pin_dir),
     };
     match result {
@@ -180,6 +210,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         protect: args.protect,
         listen: args.listen,
         metrics_grace_secs: args.metrics_grace_secs,
+        api_token_file: args.api_token_file,
+        max_flow_streams: args.max_flow_streams,
+        resync_secs: args.resync_secs,
     };
     let config = Config::load(&flags)?;
     // Before any thread exists: a container's private cgroup namespace hides the host's.

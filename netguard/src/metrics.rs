@@ -247,6 +247,16 @@ impl Collector for Scrape {
         )?;
         family(
             &mut encoder,
+            "netguard_unknown_container_cgroups",
+            "Cgroups named like containers that the Docker daemon does not know (another engine's): see `netguard status` for each, held or not.",
+            gauge,
+            [(
+                Vec::new(),
+                self.containers.iter().filter(|c| c.unknown).count() as u64,
+            )],
+        )?;
+        family(
+            &mut encoder,
             "netguard_label_problems",
             "Malformed or unknown netguard labels seen on containers.",
             counter,
@@ -278,6 +288,8 @@ mod tests {
             cgroups: vec![7],
             counters,
             recent_blocked: Vec::new(),
+            unknown: false,
+            problems: Vec::new(),
         }
     }
 

@@ -8,7 +8,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::sys;
+use crate::{
+    domain::{Mac, NO_LINK_HEADER},
+    sys,
+};
 
 /// Runs `work` on a thread that has joined the network namespace at `netns` (a file such
 /// as `/run/netns/NAME` or `/proc/PID/ns/net`), so the caller's own namespace is untouched.
@@ -53,6 +56,47 @@ pub fn interface_name(ifindex: u32) -> io::Result<String> {
 /// Whether an interface with this index exists in the calling thread's namespace.
 pub fn interface_exists(ifindex: u32) -> bool {
     interface_name(ifindex).is_ok()
+}
+
+/// The cookie and the interfaces but loopback (index and MAC address;
+/// [`NO_LINK_HEADER`] for one without a link-layer header, such as tun or WireGuard) of the
+/// network namespace at `netns`: every way out of it.
+pub fn cookie_and_interfaces(netns: &Path) -> io::Result<(u64, Vec<(u32, Mac)>)> {
+    run_in(netns, || -> io::Result<(u64, Vec<(u32, Mac)>)> {
+        let mut interfaces = Vec::new();
+        for (index, name) in sys::if_nameindex()? {
+            if name == "lo" {
+                continue;
+            }
+            match sys::ethernet_address(&name) {
+                Ok(mac) => interfaces.push((index, mac.unwrap_or(NO_LINK_HEADER))),
+                // Gone since it was listed: nothing to guard.
+                Err(error) if error.raw_os_error() == Some(libc::ENODEV) => {}
+                Err(error) => {
+                    return Err(io::Error::new(
+                        error.kind(),
+                        format!("reading interface {name}: {error}"),
+                    ));
+                }
+            }
+        }
+        Ok((current_cookie()?, interfaces))
+    })?
+}
+
+/// The interfaces of the host's namespace that carry the backstop: `names` only, if given
+/// (`backstop_host_interfaces`), else every one. Resolved in the calling thread's namespace.
+pub fn host_backstop_interfaces(
+    interfaces: Vec<(u32, Mac)>,
+    names: Option<&[String]>,
+) -> Vec<(u32, Mac)> {
+    let Some(names) = names else {
+        return interfaces;
+    };
+    interfaces
+        .into_iter()
+        .filter(|(ifindex, _)| interface_name(*ifindex).is_ok_and(|name| names.contains(&name)))
+        .collect()
 }
 
 /// Whether `interface` (in the calling thread's namespace) is administratively up and has

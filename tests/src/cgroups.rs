@@ -40,11 +40,25 @@ impl TestCgroup {
     }
 }
 
+/// Kills everything in the cgroup and below (`cgroup.kill` covers the subtree), thaws it
+/// (a frozen process cannot die), then removes the tree, deepest first.
 fn kill_and_remove(path: &Path) {
     if !path.exists() {
         return;
     }
+    let _ = fs::write(path.join("cgroup.freeze"), "0");
     let _ = fs::write(path.join("cgroup.kill"), "1");
+    remove_tree(path);
+}
+
+fn remove_tree(path: &Path) {
+    if let Ok(entries) = fs::read_dir(path) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&entry.path());
+            }
+        }
+    }
     wait_for(&format!("{} to empty", path.display()), || {
         fs::read_to_string(path.join("cgroup.procs")).map_or(true, |p| p.trim().is_empty())
     });

@@ -6,7 +6,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    sync::OnceLock,
+    sync::{Mutex, OnceLock},
 };
 
 use crate::{
@@ -23,7 +23,7 @@ pub const TEST_LABEL: &str = "netguard.test=1";
 const IMAGE: &str = "netguard-test/probe:latest";
 /// Root namespace end of the host link to the router.
 pub const HOST_LINK_V4: &str = "198.18.7.1";
-const ROUTER_LINK_V4: &str = "198.18.7.2";
+pub const ROUTER_LINK_V4: &str = "198.18.7.2";
 /// Subnets the root namespace routes into the lab: the internet host's and the LAN's.
 /// and the VPN provider's (for tunnels from containers).
 const ROUTED: [&str; 3] = ["198.18.2.0/24", "198.18.3.0/24", "198.18.4.0/24"];
@@ -32,7 +32,11 @@ pub struct DockerLab {
     pub lab: Lab,
     /// The cgroup every test container is created under (`--cgroup-parent`).
     pub parent: TestCgroup,
-    host_link: String,
+    /// The root namespace's veth to the router.
+    pub host_link: String,
+    /// Images and networks this lab made (removed on drop).
+    images: Mutex<Vec<String>>,
+    networks: Mutex<Vec<String>>,
 }
 
 /// Whether a Docker daemon answers.
@@ -95,26 +99,90 @@ impl DockerLab {
         ]);
         lab.router.ip(&["link", "set", "to-host", "up"]);
         for subnet in ROUTED {
-            sh(&[
-                "ip",
-                "route",
-                "add",
-                subnet,
-                "via",
-                ROUTER_LINK_V4,
-                "dev",
-                &host_link,
-            ]);
+            route_through(subnet, &host_link);
         }
         Self {
             lab,
             parent: TestCgroup::new_parent(),
             host_link,
+            images: Mutex::new(Vec::new()),
+            networks: Mutex::new(Vec::new()),
         }
     }
 
+    /// An image built from the probe image with `labels` baked in (as an image publisher
+    /// could ship it); removed with the lab.
+    pub fn image_with_labels(&self, labels: &[(&str, &str)]) -> String {
+        let mut images = self.images.lock().unwrap();
+        let tag = format!(
+            "netguard-test/labelled:ngt{}-{}",
+            self.lab.tag,
+            images.len()
+        );
+        let dir = TempDir::new("labelled-image");
+        let mut dockerfile = format!("FROM {IMAGE}\n");
+        for (key, value) in labels {
+            dockerfile += &format!("LABEL {key}={value:?}\n");
+        }
+        std::fs::write(dir.path.join("Dockerfile"), dockerfile).unwrap();
+        sh(&[
+            "docker",
+            "build",
+            "-q",
+            "-t",
+            &tag,
+            &dir.path.to_string_lossy(),
+        ]);
+        images.push(tag.clone());
+        tag
+    }
+
+    /// `docker network create <args> <name>`, labelled as the lab's; removed with the lab.
+    pub fn network(&self, args: &[&str]) -> String {
+        let mut networks = self.networks.lock().unwrap();
+        let name = format!("ngt{}n{}", self.lab.tag, networks.len());
+        let mut command = vec!["docker", "network", "create", "--label", TEST_LABEL];
+        command.extend_from_slice(args);
+        command.push(&name);
+        sh(&command);
+        networks.push(name.clone());
+        name
+    }
+
+    /// Makes `address` (in a subnet of its own, `subnet`) one more address of the internet
+    /// host, routed to it from the root namespace through the test's veth only.
+    pub fn internet_host_also_at(&self, subnet: &str, address: &str) {
+        self.lab
+            .internet
+            .ip(&["addr", "add", &format!("{address}/32"), "dev", "eth0"]);
+        self.lab
+            .router
+            .ip(&["route", "add", subnet, "via", crate::lab::INTERNET_V4_TEXT]);
+        route_through(subnet, &self.host_link);
+    }
+
+    /// `docker run --rm` a probe in a fresh container from `image` (the probe image if
+    /// `None`), with extra `docker run` arguments; its report.
+    pub fn run_probe_with(
+        &self,
+        labels: &[&str],
+        extra: &[&str],
+        image: Option<&str>,
+        probe_args: &[&str],
+    ) -> ProbeResult {
+        let mut command = Command::new("docker");
+        command
+            .args(["run", "--rm"])
+            .args(self.run_args(labels))
+            .args(extra)
+            .arg(image.unwrap_or(IMAGE))
+            .arg("ng-probe")
+            .args(probe_args);
+        parse_report(command.output().expect("docker run"))
+    }
+
     /// `--cgroup-parent` value: the parent's path below the cgroup2 root.
-    fn cgroup_parent(&self) -> String {
+    pub fn cgroup_parent(&self) -> String {
         format!(
             "/{}",
             self.parent.path.file_name().unwrap().to_string_lossy()
@@ -135,14 +203,7 @@ impl DockerLab {
 
     /// `docker run` a probe to completion in a fresh container; its report.
     pub fn run_probe(&self, labels: &[&str], probe_args: &[&str]) -> ProbeResult {
-        let mut command = Command::new("docker");
-        command
-            .args(["run", "--rm"])
-            .args(self.run_args(labels))
-            .arg(IMAGE)
-            .arg("ng-probe")
-            .args(probe_args);
-        parse_report(command.output().expect("docker run"))
+        self.run_probe_with(labels, &[], None, probe_args)
     }
 
     /// `docker run` a shell script (of ng-probe calls) in a fresh container; every report.
@@ -181,12 +242,23 @@ impl DockerLab {
 
     /// A detached container running `command`; returns its id.
     pub fn start_with(&self, labels: &[&str], extra: &[&str], command_line: &[&str]) -> String {
+        self.start_image(labels, extra, IMAGE, command_line)
+    }
+
+    /// A detached container of `image` running `command`; returns its id.
+    pub fn start_image(
+        &self,
+        labels: &[&str],
+        extra: &[&str],
+        image: &str,
+        command_line: &[&str],
+    ) -> String {
         let mut command = Command::new("docker");
         command
             .args(["run", "-d"])
             .args(self.run_args(labels))
             .args(extra)
-            .arg(IMAGE)
+            .arg(image)
             .args(command_line);
         let output = command.output().expect("docker run -d");
         assert!(
@@ -240,12 +312,17 @@ impl DockerLab {
 
     /// The cgroup v2 id of a running container.
     pub fn cgroup_id(&self, container: &str) -> u64 {
+        TestCgroup::id(&self.cgroup_dir(container))
+    }
+
+    /// The cgroup v2 directory of a running container.
+    pub fn cgroup_dir(&self, container: &str) -> PathBuf {
         // Parsed here rather than by netguard's own code: the expectation stays independent.
         let pid = self.pid(container);
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
         let relative = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
         let root = netguard::cgroup::cgroup2_root().unwrap();
-        TestCgroup::id(&root.join(relative.trim_start_matches('/')))
+        root.join(relative.trim_start_matches('/'))
     }
 
     pub fn router(&self) -> &Netns {
@@ -286,8 +363,28 @@ impl Drop for DockerLab {
                 }
             }
         }
+        for network in self.networks.lock().unwrap().iter() {
+            sh_quiet(&["docker", "network", "rm", network]);
+        }
+        for image in self.images.lock().unwrap().iter() {
+            sh_quiet(&["docker", "rmi", "-f", image]);
+        }
         sh_quiet(&["ip", "link", "del", &self.host_link]);
     }
+}
+
+/// Routes `subnet` from the root namespace to the router, through the test's own veth.
+fn route_through(subnet: &str, host_link: &str) {
+    sh(&[
+        "ip",
+        "route",
+        "add",
+        subnet,
+        "via",
+        ROUTER_LINK_V4,
+        "dev",
+        host_link,
+    ]);
 }
 
 fn remove_cgroup_tree(dir: &Path) {

@@ -13,13 +13,55 @@ pub fn get(address: SocketAddr, path: &str) -> (u16, String) {
 
 /// Status code and body of `method path` with an empty body.
 pub fn request(address: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    request_with(address, method, path, None)
+}
+
+/// Status code and body of `GET path` with `Authorization: Bearer <token>`.
+pub fn get_with_token(address: SocketAddr, path: &str, token: &str) -> (u16, String) {
+    request_with(address, "GET", path, Some(token))
+}
+
+fn send_head(address: SocketAddr, method: &str, path: &str, token: Option<&str>) -> TcpStream {
     let mut stream = TcpStream::connect(address)
         .unwrap_or_else(|e| panic!("connecting to the agent at {address}: {e}"));
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\n{authorization}Content-Length: 0\r\n\r\n"
     )
     .unwrap();
+    stream
+}
+
+/// Opens `GET path` and reads only the status line: the connection stays open (a stream).
+pub fn open(address: SocketAddr, path: &str, token: Option<&str>) -> (u16, TcpStream) {
+    let mut stream = send_head(address, "GET", path, token);
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        if stream.read(&mut byte).unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {line:?}"));
+    (status, stream)
+}
+
+fn request_with(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut stream = send_head(address, method, path, token);
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let (head, body) = response

@@ -22,6 +22,14 @@ pub struct ProbeResult {
     pub error: String,
 }
 
+impl ProbeResult {
+    /// An AF_PACKET frame the kernel took: sent, or dropped by a TC program in the sender's
+    /// own namespace (the drop comes back as ENOBUFS; through a TX ring it may not).
+    pub fn frame_taken(&self) -> bool {
+        self.ok || self.errno == libc::ENOBUFS
+    }
+}
+
 /// ng-probe is built beside the test binaries (`target/<profile>/ng-probe`; tests run from
 /// `target/<profile>/deps`) by `cargo xtask test` (`cargo build -p ng-probe`).
 fn probe_path() -> std::path::PathBuf {
@@ -45,6 +53,27 @@ pub fn probe(netns: &Netns, cgroup: Option<&Path>, args: &[&str]) -> ProbeResult
         .args(args)
         .output()
         .expect("running ng-probe");
+    parse_output(args, &output)
+}
+
+/// Runs `ng-probe ARGS` like [`probe`]; the signal that killed it, if one did.
+pub fn probe_or_signal(
+    netns: &Netns,
+    cgroup: Option<&Path>,
+    args: &[&str],
+) -> Result<ProbeResult, i32> {
+    use std::os::unix::process::ExitStatusExt as _;
+    let output = command_in(probe_path(), netns, cgroup)
+        .args(args)
+        .output()
+        .expect("running ng-probe");
+    match output.status.signal() {
+        Some(signal) => Err(signal),
+        None => Ok(parse_output(args, &output)),
+    }
+}
+
+fn parse_output(args: &[&str], output: &std::process::Output) -> ProbeResult {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let last = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(last).unwrap_or_else(|e| {

@@ -243,3 +243,86 @@ impl Drop for TcpSink {
         }
     }
 }
+
+/// A tun device in a lab namespace and the program reading it: the far end of whatever is
+/// routed or sent into the device. Records the UDP destination ports of the IPv4 packets.
+pub struct TunSink {
+    pub name: String,
+    ports: Arc<Mutex<Vec<u16>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TunSink {
+    /// Makes tun device `name` in `netns`, up.
+    pub fn start(netns: &Netns, name: &str) -> Self {
+        const IFF_TUN: libc::c_short = 0x0001;
+        const IFF_NO_PI: libc::c_short = 0x1000;
+        const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+        let fd = netns.run(|| {
+            // SAFETY: open and ioctl with an ifreq that outlives the call.
+            unsafe {
+                let fd = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_NONBLOCK);
+                assert!(fd >= 0, "/dev/net/tun: {}", std::io::Error::last_os_error());
+                let mut request: libc::ifreq = std::mem::zeroed();
+                for (dst, src) in request.ifr_name.iter_mut().zip(name.as_bytes()) {
+                    *dst = *src as libc::c_char;
+                }
+                request.ifr_ifru.ifru_flags = IFF_TUN | IFF_NO_PI;
+                let rc = libc::ioctl(fd, TUNSETIFF as _, &mut request);
+                assert_eq!(rc, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+                fd
+            }
+        });
+        netns.ip(&["link", "set", name, "up"]);
+        let ports = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (ports, stop) = (Arc::clone(&ports), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: read into our buffer from our descriptor.
+                    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                    if n <= 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        continue;
+                    }
+                    let packet = &buf[..n as usize];
+                    let header = usize::from(packet[0] & 0x0f) * 4;
+                    if packet[0] >> 4 == 4 && packet.len() >= header + 4 && packet[9] == 17 {
+                        let port = u16::from_be_bytes([packet[header + 2], packet[header + 3]]);
+                        ports.lock().unwrap().push(port);
+                    }
+                }
+                // SAFETY: our descriptor, closed once (the device goes with it).
+                unsafe { libc::close(fd) };
+            })
+        };
+        Self {
+            name: name.to_string(),
+            ports,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// UDP datagrams read from the device with destination port `port`.
+    pub fn count(&self, port: u16) -> usize {
+        self.ports
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| **p == port)
+            .count()
+    }
+}
+
+impl Drop for TunSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

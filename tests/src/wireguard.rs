@@ -28,12 +28,19 @@ pub struct Tunnel {
 impl Tunnel {
     /// A tunnel from the lab's client namespace.
     pub fn up(lab: &Lab) -> Self {
-        Self::from_netns(&lab.client.path(), &format!("wg{}c", lab.tag), lab)
+        Self::from_netns(&lab.client.path(), None, &format!("wg{}c", lab.tag), lab)
     }
 
     /// A tunnel from the network namespace at `client_netns` (e.g. a container's
     /// `/proc/<pid>/ns/net`), whose interface is `client_if`, to the lab's VPN provider.
-    pub fn from_netns(client_netns: &Path, client_if: &str, lab: &Lab) -> Self {
+    /// `gateway_cgroup`: the cgroup the client's daemon runs in, as a VPN client runs in its
+    /// container's (Gluetun's wireguard-go or OpenVPN); `None`: the test's own.
+    pub fn from_netns(
+        client_netns: &Path,
+        gateway_cgroup: Option<&Path>,
+        client_if: &str,
+        lab: &Lab,
+    ) -> Self {
         let provider_if = format!("wg{}p", lab.tag);
         let mut tunnel = Self {
             client_if: client_if.to_string(),
@@ -44,8 +51,8 @@ impl Tunnel {
         };
         let (client_key, client_pub) = tunnel.keypair("client");
         let (provider_key, provider_pub) = tunnel.keypair("provider");
-        tunnel.start_daemon(client_netns, &tunnel.client_if.clone());
-        tunnel.start_daemon(&lab.vpn.path(), &tunnel.provider_if.clone());
+        tunnel.start_daemon(client_netns, gateway_cgroup, &tunnel.client_if.clone());
+        tunnel.start_daemon(&lab.vpn.path(), None, &tunnel.provider_if.clone());
         tunnel.provider = Some((lab.vpn.path(), provider_key.clone(), client_pub.clone()));
         tunnel.configure_provider();
         sh(&[
@@ -109,8 +116,25 @@ impl Tunnel {
         )
     }
 
-    fn start_daemon(&mut self, netns: &Path, interface: &str) {
-        let child = command_in_netns("wireguard-go", netns)
+    fn start_daemon(&mut self, netns: &Path, cgroup: Option<&Path>, interface: &str) {
+        let mut command = command_in_netns("wireguard-go", netns);
+        if let Some(cgroup) = cgroup {
+            let procs = std::fs::OpenOptions::new()
+                .write(true)
+                .open(cgroup.join("cgroup.procs"))
+                .expect("the gateway's cgroup.procs");
+            // SAFETY: only an async-signal-safe write between fork and exec.
+            unsafe {
+                use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+                command.pre_exec(move || {
+                    if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .args(["-f", interface])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -133,7 +157,7 @@ impl Tunnel {
     pub fn start_provider(&mut self) {
         let (vpn, _, _) = self.provider.clone().expect("a provider");
         let provider_if = self.provider_if.clone();
-        self.start_daemon(&vpn, &provider_if);
+        self.start_daemon(&vpn, None, &provider_if);
         self.configure_provider();
         ip_in(
             &vpn,

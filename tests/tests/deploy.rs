@@ -50,3 +50,50 @@ fn the_swarm_stack_validates_and_runs_netguard_on_every_node() {
     assert!(config.contains("mode: global"), "{config}");
     assert!(config.contains("--pid host --network host"), "{config}");
 }
+
+#[test]
+fn the_compose_agent_asks_for_a_token_prometheus_has_and_lists_no_vpn_endpoints() {
+    let config = compose_config("compose/docker-compose.yml");
+    assert!(
+        config.contains("NETGUARD_API_TOKEN_FILE: /run/netguard/token"),
+        "{config}"
+    );
+    assert!(config.contains("/run/netguard:rw") || config.contains("netguard-token:/run/netguard"));
+    assert!(config.contains("/etc/prometheus/netguard:ro"), "{config}");
+    assert!(
+        !config.contains("netguard.endpoints"),
+        "Gluetun picks its servers at run time: nothing to list"
+    );
+    let prometheus = std::fs::read_to_string(deploy().join("compose/prometheus.yml")).unwrap();
+    assert!(
+        prometheus.contains("credentials_file: /etc/prometheus/netguard/token"),
+        "{prometheus}"
+    );
+}
+
+#[test]
+fn the_systemd_units_make_dockerd_wait_until_enforcement_is_complete() {
+    let unit = std::fs::read_to_string(deploy().join("systemd/netguard.service")).unwrap();
+    for line in [
+        "Type=notify",
+        "Before=docker.service",
+        "ExecStart=/usr/local/bin/netguard run",
+    ] {
+        assert!(
+            unit.lines().any(|l| l == line),
+            "{line} missing from\n{unit}"
+        );
+    }
+    let dropin =
+        std::fs::read_to_string(deploy().join("systemd/docker.service.d/netguard.conf")).unwrap();
+    for line in [
+        "After=netguard.service",
+        "Wants=netguard.service",
+        "ExecStartPre=/usr/local/bin/netguard enforcing",
+    ] {
+        assert!(
+            dropin.lines().any(|l| l == line),
+            "{line} missing from\n{dropin}"
+        );
+    }
+}

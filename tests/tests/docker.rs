@@ -101,70 +101,6 @@ fn fifty_fresh_labeled_containers_never_leak_their_first_packets() {
 }
 
 #[test]
-fn raw_frames_from_a_protected_container_never_arrive() {
-    let lab = DockerLab::new();
-    let pin = PinDir::new();
-    let _agent = lab.start_agent(&pin, "");
-    let internet = Sniffer::start(&lab.lab.internet);
-    let marker = b"netguard raw frame";
-
-    let open = lab.start(&[], &[]);
-    let sent = lab.raw_frame_to_internet(&open, &open);
-    assert!(sent.ok, "{sent:?}");
-    wait_for("the unlabeled container's raw frame", || {
-        internet.with_payload(marker) == 1
-    });
-
-    let protected = lab.start(&[PROTECTED], &[]);
-    let cgroup = lab.cgroup_id(&protected);
-    // The map entry is written before the link is attached; the pinned link is the sign
-    // that the backstop is in place.
-    wait_for(
-        "the backstop attached to the protected container's veth",
-        || {
-            pinned_maps(&pin)
-                .backstops()
-                .unwrap()
-                .iter()
-                .any(|(ifindex, owner)| {
-                    *owner == cgroup && pin.path.join(format!("links/tc{ifindex}")).exists()
-                })
-        },
-    );
-    let sent = lab.raw_frame_to_internet(&protected, &protected);
-    assert!(
-        sent.ok,
-        "AF_PACKET sendto() succeeds; the frame is dropped on the wire: {sent:?}"
-    );
-    wait_for("the backstop drop", || {
-        pinned_maps(&pin)
-            .counters(cgroup)
-            .unwrap()
-            .is_some_and(|c| c.blocked_packets.iter().sum::<u64>() >= 1)
-    });
-    let counters = pinned_maps(&pin)
-        .counters(cgroup)
-        .unwrap()
-        .unwrap_or_default();
-    assert_eq!(
-        counters.blocked_packets[netguard_common::BlockReason::NotAllowed as usize],
-        1,
-        "{counters:?}"
-    );
-    // A later frame from the unlabeled container overtakes nothing: the protected one is gone.
-    let again = lab.raw_frame_to_internet(&open, &open);
-    assert!(again.ok);
-    wait_for("the second unlabeled frame", || {
-        internet.with_payload(marker) == 2
-    });
-    assert_eq!(
-        internet.with_payload(marker),
-        2,
-        "the protected container's raw frame arrived"
-    );
-}
-
-#[test]
 fn containers_running_before_the_agent_starts_are_protected() {
     let lab = DockerLab::new();
     let pin = PinDir::new();
@@ -259,14 +195,14 @@ fn containers_sharing_a_gateway_netns_use_its_tunnel_and_nothing_else() {
     let wg = format!("wg{}g", lab.lab.tag);
     let gateway = lab.start(
         &[
+            // No endpoints: the gateway's own traffic is never judged by its neighbours'.
             "netguard.role=vpn-gateway",
-            "netguard.endpoints=198.18.4.2:51820/udp",
             &format!("netguard.tunnel={wg}"),
         ],
         &[],
     );
     let netns = netguard::netns::of_process(lab.pid(&gateway));
-    let _tunnel = Tunnel::from_netns(&netns, &wg, &lab.lab);
+    let _tunnel = Tunnel::from_netns(&netns, Some(&lab.cgroup_dir(&gateway)), &wg, &lab.lab);
     ip_in(&netns, &["route", "add", "198.18.2.0/24", "dev", &wg]);
     let tunnel_up = |up: u32| {
         pinned_maps(&pin)
@@ -320,57 +256,58 @@ fn containers_sharing_a_gateway_netns_use_its_tunnel_and_nothing_else() {
         (5, 5 * 36)
     );
 
-    // A raw frame from the shared namespace meets the backstop on the gateway's veth.
-    wait_for("the backstop attached to the gateway's veth", || {
+    // A raw frame from the shared namespace meets the backstop inside it, judged by its
+    // sender; the namespace's guard names the protected cgroup that judges what the kernel
+    // sends there on nobody's behalf.
+    let cookie = netguard::netns::cookie_and_interfaces(&netns).unwrap().0;
+    let socketless = || {
         pinned_maps(&pin)
-            .backstops()
+            .guards()
             .unwrap()
-            .iter()
-            .any(|(ifindex, owner)| {
-                [first_cgroup, second_cgroup].contains(owner)
-                    && pin.path.join(format!("links/tc{ifindex}")).exists()
-            })
+            .into_iter()
+            .find(|(c, _)| *c == cookie)
+            .map(|(_, guard)| guard.socketless_cgroup)
+    };
+    wait_for("the gateway's namespace guarded", || {
+        socketless().is_some_and(|owner| [first_cgroup, second_cgroup].contains(&owner))
     });
     let raw = lab.raw_frame_to_internet(&first, &gateway);
-    assert!(raw.ok, "{raw:?}");
+    assert!(raw.frame_taken(), "{raw:?}");
     wait_for("the backstop drop", || {
-        counters(first_cgroup).blocked_packets.iter().sum::<u64>()
-            + counters(second_cgroup).blocked_packets.iter().sum::<u64>()
+        counters(first_cgroup).blocked_packets[netguard_common::BlockReason::NotAllowed as usize]
             == 1
     });
 
-    // The backstop's owner goes: the backstop stays, now for the other container.
-    let owner = |ifindex| {
+    // An unlabeled neighbour in the same namespace is nobody's to block: its raw frame
+    // arrives.
+    let neighbour = lab.start(&[], &["--network", &shared]);
+    wait_for("the neighbour classified", || {
         pinned_maps(&pin)
-            .backstops()
+            .policies()
             .unwrap()
-            .into_iter()
-            .find(|(i, _)| *i == ifindex)
-            .map(|(_, o)| o)
-    };
-    let veth = pinned_maps(&pin)
-        .backstops()
-        .unwrap()
-        .into_iter()
-        .find(|(_, o)| [first_cgroup, second_cgroup].contains(o))
-        .unwrap()
-        .0;
-    let (gone, stays, stays_id) = if owner(veth) == Some(first_cgroup) {
+            .iter()
+            .any(|(id, p)| *id == lab.cgroup_id(&neighbour) && !p.is_unclassified())
+    });
+    let raw = lab.raw_frame_to_internet(&neighbour, &gateway);
+    assert!(raw.ok, "{raw:?}");
+    wait_for("the neighbour's raw frame", || {
+        internet.with_payload(b"netguard raw frame") == 1
+    });
+
+    // The guard's judge goes: the other protected container judges from then on.
+    let owner = socketless().unwrap();
+    let (gone, stays, stays_id) = if owner == first_cgroup {
         (&first, second_cgroup, &second)
     } else {
         (&second, first_cgroup, &first)
     };
     netguard_tests::sh(&["docker", "rm", "-f", gone]);
-    wait_for("the backstop to move to the remaining container", || {
-        owner(veth) == Some(stays)
+    wait_for("the guard to name the remaining container", || {
+        socketless() == Some(stays)
     });
-    assert!(
-        pin.path.join(format!("links/tc{veth}")).exists(),
-        "still attached"
-    );
     let before = counters(stays).blocked_packets.iter().sum::<u64>();
     let raw = lab.raw_frame_to_internet(stays_id, &gateway);
-    assert!(raw.ok, "{raw:?}");
+    assert!(raw.frame_taken(), "{raw:?}");
     wait_for("the backstop drop for the remaining container", || {
         counters(stays).blocked_packets.iter().sum::<u64>() == before + 1
     });
@@ -382,15 +319,21 @@ fn containers_sharing_a_gateway_netns_use_its_tunnel_and_nothing_else() {
     let udp = lab.exec_probe(stays_id, &["udp", &addr(INTERNET_V4), "7012", "3", "8"]);
     let tcp = lab.exec_probe(stays_id, &["tcp", &addr(INTERNET_V4), "7012", "10"]);
     assert_eq!((udp.errno, tcp.errno), (EPERM, EPERM), "{udp:?} {tcp:?}");
-    let control = lab.run_control(&["udp", &addr(INTERNET_V4), "7013", "1", "8"]);
-    assert!(control.ok);
-    wait_for("the control datagram", || {
+    // The unlabeled neighbour is not held back by its protected neighbours' killswitch.
+    let open = lab.exec_probe(&neighbour, &["udp", &addr(INTERNET_V4), "7013", "1", "8"]);
+    assert!(open.ok, "{open:?}");
+    wait_for("the neighbour's datagram around the tunnel", || {
         internet.count(|a| a.dst_port == 7013) == 1
     });
     assert_eq!(
-        internet.count(|a| a.dst_port == 7012 || a.dst_port == 7777),
+        internet.count(|a| a.dst_port == 7012),
         0,
         "something got out around the tunnel"
+    );
+    assert_eq!(
+        internet.with_payload(b"netguard raw frame"),
+        1,
+        "only the neighbour's raw frame arrived"
     );
     let refused = counters(stays).refused_calls[netguard_common::BlockReason::TunnelDown as usize];
     assert_eq!(

@@ -26,16 +26,14 @@ use netguard_tests::{
 /// the internet host's subnet; returns its id, netns and the tunnel.
 fn gateway(lab: &DockerLab, labels: &[&str], extra: &[&str]) -> (String, PathBuf, Tunnel) {
     let wg = format!("wg{}g", lab.lab.tag);
-    let mut all = vec![
-        "netguard.role=vpn-gateway".to_string(),
-        "netguard.endpoints=198.18.4.2:51820/udp".into(),
-    ];
+    // No endpoints: the gateway's own traffic is its own, whatever its neighbours' policy.
+    let mut all = vec!["netguard.role=vpn-gateway".to_string()];
     all.push(format!("netguard.tunnel={wg}"));
     all.extend(labels.iter().map(|l| l.to_string()));
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     let id = lab.start(&all, extra);
     let netns = netguard::netns::of_process(lab.pid(&id));
-    let tunnel = Tunnel::from_netns(&netns, &wg, &lab.lab);
+    let tunnel = Tunnel::from_netns(&netns, Some(&lab.cgroup_dir(&id)), &wg, &lab.lab);
     ip_in(&netns, &["route", "add", "198.18.2.0/24", "dev", &wg]);
     (id, netns, tunnel)
 }

@@ -8,7 +8,9 @@ use std::net::IpAddr;
 use common::{Gateway, Options, Setup};
 use netguard_common::BlockReason;
 use netguard_tests::{
-    lab::{CLIENT_V4, CLIENT_V6, INTERNET_V4, INTERNET_V6, LAN_V4, LAN_V6, VPN_V4, addr},
+    lab::{
+        CLIENT_V4, CLIENT_V6, INTERNET_V4, INTERNET_V6, LAN_V4, LAN_V6, SIBLING_V4, VPN_V4, addr,
+    },
     probe::{EPERM, probe},
     sniffer::{Sniffer, TcpSink},
     wait_for,
@@ -199,8 +201,8 @@ fn raw_af_packet_frame_to_the_internet_never_arrives() {
 
     let sent = s.raw_frame_to_internet(false);
     assert!(
-        sent.ok,
-        "AF_PACKET sendto() itself succeeds; the backstop drops on the wire: {sent:?}"
+        sent.frame_taken(),
+        "the backstop drops it in the sender's namespace (sendto says ENOBUFS): {sent:?}"
     );
     wait_for("the backstop to count the frame", || {
         s.blocked(BlockReason::NotAllowed) == 1
@@ -224,6 +226,181 @@ fn raw_af_packet_frame_to_the_internet_never_arrives() {
         &["udp", &addr(LAN_V4), "7000", "1", "8"],
     );
     assert!(lan.ok, "{lan:?}");
+}
+
+/// Every way AF_PACKET sends: SOCK_RAW and SOCK_DGRAM, through a TX ring, and with
+/// PACKET_QDISC_BYPASS (which skips TC, so it is refused to protected cgroups).
+#[test]
+fn af_packet_frames_in_every_mode_never_arrive() {
+    let s = Setup::new(Options {
+        backstop: true,
+        ..Options::default()
+    });
+    let internet = Sniffer::start(&s.lab.internet);
+    let on_the_wire: [(u16, &[&str]); 4] = [
+        (7781, &[]),
+        (7782, &["dgram"]),
+        (7783, &["ring"]),
+        (7784, &["dgram", "ring"]),
+    ];
+    let bypassing: [(u16, &[&str]); 3] = [
+        (7785, &["bypass"]),
+        (7786, &["bypass", "ring"]),
+        (7787, &["dgram", "bypass", "ring"]),
+    ];
+    // Controls: from the unprotected sibling every mode delivers.
+    for (port, modes) in on_the_wire.iter().chain(&bypassing) {
+        let control = s.raw_frame(true, *port, modes);
+        assert!(control.ok, "{modes:?}: {control:?}");
+    }
+    wait_for("the sibling's frame in every mode", || {
+        (7781..=7787).all(|port| internet.count(|a| a.dst_port == port) == 1)
+    });
+
+    for (port, modes) in on_the_wire {
+        let sent = s.raw_frame(false, port, modes);
+        assert!(
+            sent.frame_taken(),
+            "{modes:?}: taken, then dropped: {sent:?}"
+        );
+    }
+    for (port, modes) in bypassing {
+        let refused = s.raw_frame(false, port, modes);
+        assert_eq!(refused.errno, EPERM, "{modes:?}: {refused:?}");
+    }
+    wait_for("the backstop to count the four frames", || {
+        s.blocked(BlockReason::NotAllowed) == 4
+    });
+    assert_eq!(
+        s.refused(BlockReason::NotAllowed),
+        3,
+        "three bypass options refused"
+    );
+
+    // The old way to a packet socket, AF_INET with SOCK_PACKET: the same backstop.
+    assert!(s.raw_frame(true, 7789, &["legacy"]).ok);
+    let legacy = s.raw_frame(false, 7789, &["legacy"]);
+    assert!(legacy.frame_taken(), "{legacy:?}");
+    s.wait_counters("the legacy frame dropped", |c| {
+        c.blocked_packets[BlockReason::NotAllowed as usize] == 5
+    });
+
+    // The same option set through the 32-bit ABI, which cgroup setsockopt programs never
+    // see: the sibling's frame arrives; the protected process is killed before it returns.
+    let control = s.raw_frame(true, 7788, &["bypass32"]);
+    assert!(control.ok, "{control:?}");
+    let (netns, cgroup) = (&s.lab.client, &s.protected);
+    let mac = s.lab.router.mac(netguard_tests::lab::CLIENT_HOST_SIDE);
+    let (src, inet) = (addr(CLIENT_V4), addr(INTERNET_V4));
+    let args = ["raw-frame", "eth0", &mac, &src, &inet, "7788", "bypass32"];
+    let killed = netguard_tests::probe::probe_or_signal(netns, Some(cgroup), &args);
+    assert_eq!(
+        killed.err(),
+        Some(libc::SIGKILL),
+        "killed by the raw-socket guard"
+    );
+    // Any option through ia32 socketcall, whose arguments could change under the check.
+    assert!(s.raw_frame(true, 7790, &["mux32"]).ok);
+    let args = ["raw-frame", "eth0", &mac, &src, &inet, "7790", "mux32"];
+    let killed = netguard_tests::probe::probe_or_signal(netns, Some(cgroup), &args);
+    assert_eq!(killed.err(), Some(libc::SIGKILL), "killed at socketcall");
+    // AF_XDP sends past TC too: its UMEM registration is refused to protected cgroups.
+    let xdp = probe(&s.lab.client, Some(&s.protected), &["xdp-umem"]);
+    assert_eq!(xdp.errno, EPERM, "{xdp:?}");
+    let open_xdp = probe(&s.lab.sibling, Some(&s.sibling), &["xdp-umem"]);
+    assert!(open_xdp.ok, "{open_xdp:?}");
+
+    s.barrier(&internet, INTERNET_V4);
+    for port in 7781..=7790 {
+        assert_eq!(
+            internet.count(|a| a.dst_port == port),
+            1,
+            "port {port}: only the sibling's frame arrived"
+        );
+    }
+    assert_eq!(internet.from(CLIENT_V4), 0);
+}
+
+/// A protected process can make the kernel send for it: a datagram with a forged source to
+/// one of its own addresses draws an ICMP error to that source, from no socket of its own.
+/// The backstop judges such frames by the policy of the namespace's protected cgroup.
+#[test]
+fn what_the_kernel_sends_on_a_protected_namespaces_behalf_is_judged_by_its_policy() {
+    let s = Setup::new(Options {
+        backstop: true,
+        ..Options::default()
+    });
+    let internet = Sniffer::start(&s.lab.internet);
+    let icmp_from = |src: IpAddr| internet.count(|a| a.proto == 1 && a.src == src);
+    // Control: in the unguarded sibling namespace the kernel's ICMP error reaches the forged
+    // source, so the trick works.
+    let control = probe(
+        &s.lab.sibling,
+        Some(&s.sibling),
+        &["spoof-udp", &addr(INTERNET_V4), &addr(SIBLING_V4), "9999"],
+    );
+    assert!(control.ok, "{control:?}");
+    wait_for("the sibling kernel's ICMP error", || {
+        icmp_from(IpAddr::V4(SIBLING_V4)) == 1
+    });
+
+    let sent = probe(
+        &s.lab.client,
+        Some(&s.protected),
+        &["spoof-udp", &addr(INTERNET_V4), &addr(CLIENT_V4), "9999"],
+    );
+    assert!(sent.ok, "{sent:?}");
+    s.wait_counters("the backstop to drop the kernel's ICMP error", |c| {
+        c.blocked_packets[BlockReason::NotAllowed as usize] == 1
+    });
+    s.barrier(&internet, INTERNET_V4);
+    assert_eq!(
+        icmp_from(IpAddr::V4(CLIENT_V4)),
+        0,
+        "the kernel answered the forged source from the protected namespace"
+    );
+}
+
+/// A device without a link-layer header (tun, WireGuard, ppp) is a way out too: the
+/// backstop is on it, judging packets by their sender like on Ethernet.
+#[test]
+fn frames_into_a_tun_device_of_a_protected_namespace_are_judged_by_their_sender() {
+    let lab = netguard_tests::lab::Lab::new();
+    // The far end: a program reading the device, as a VPN client reads its tun.
+    let tun = netguard_tests::sniffer::TunSink::start(&lab.client, "ngtun");
+    let s = Setup::start(
+        lab,
+        Options {
+            backstop: true,
+            ..Options::default()
+        },
+    );
+    let frame = |cgroup: &std::path::Path, port: &str| {
+        let (src, inet) = (addr(CLIENT_V4), addr(INTERNET_V4));
+        let args = [
+            "raw-frame",
+            &tun.name,
+            "00:00:00:00:00:00",
+            &src,
+            &inet,
+            port,
+            "dgram",
+        ];
+        probe(&s.lab.client, Some(cgroup), &args)
+    };
+    // An unprotected process of the same namespace: its packet reaches the reader.
+    assert!(frame(&s.sibling, "7791").ok);
+    wait_for("the unprotected packet at the tun reader", || {
+        tun.count(7791) == 1
+    });
+    let sent = frame(&s.protected, "7792");
+    assert!(sent.frame_taken(), "{sent:?}");
+    s.wait_counters("the backstop on the tun device to count it", |c| {
+        c.blocked_packets[BlockReason::NotAllowed as usize] == 1
+    });
+    assert!(frame(&s.sibling, "7793").ok);
+    wait_for("the second unprotected packet", || tun.count(7793) == 1);
+    assert_eq!(tun.count(7792), 0, "the protected packet went into the tun");
 }
 
 #[test]

@@ -10,9 +10,9 @@ use netguard_tests::{
     sniffer::Sniffer,
 };
 
-/// Links each start reports: six cgroup programs and one backstop (no classifier without
-/// Docker).
-const PER_START: usize = 7;
+/// Links each start reports: seven cgroup programs, the raw-socket guard and the backstop on
+/// the client namespace's one interface (no classifier without Docker).
+const PER_START: usize = 9;
 
 fn blocked_to_internet(s: &Setup) {
     let result = probe(
@@ -39,7 +39,7 @@ fn enforcement_outlives_the_agent_and_a_restart_adopts_it_without_gap_or_double_
     s.agent.kill9();
     blocked_to_internet(&s);
     let sent = s.raw_frame_to_internet(false);
-    assert!(sent.ok, "{sent:?}");
+    assert!(sent.frame_taken(), "{sent:?}");
     s.wait_counters("the backstop drop while the agent is dead", |c| {
         c.blocked_packets[BlockReason::NotAllowed as usize] == 1
     });
@@ -68,7 +68,7 @@ fn enforcement_outlives_the_agent_and_a_restart_adopts_it_without_gap_or_double_
     assert_eq!(
         restarted.len(),
         3 * PER_START,
-        "six cgroup programs and one backstop per start: {restarted:#?}"
+        "seven cgroup programs, the raw-socket guard and one backstop per start: {restarted:#?}"
     );
     let last_run = &restarted[2 * PER_START..];
     assert!(

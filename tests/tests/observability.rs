@@ -194,7 +194,7 @@ fn prometheus_scrapes_each_containers_bytes_with_the_documented_labels() {
         for rule in &rules {
             assert_ne!(rule["health"], "err", "alert rule failed: {rule}");
         }
-        rules.len() == 5 && rules.iter().all(|r| r["health"] == "ok")
+        rules.len() == 6 && rules.iter().all(|r| r["health"] == "ok")
     });
     // Nothing is firing that should not: the protected container is protected.
     let unprotected = prometheus.query("ALERTS{alertname=\"NetguardContainerUnprotected\"}");

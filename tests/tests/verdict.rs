@@ -115,9 +115,11 @@ impl Verdicts {
             .return_value
     }
 
-    /// The backstop verdict on a frame arriving on loopback (ifindex 1, what test runs use).
+    /// The backstop verdict on a frame arriving on loopback (ifindex 1, what test runs use;
+    /// a test run hands the program an Ethernet frame, so the device without a link header
+    /// is tested in the lab: killswitch.rs).
     fn backstop(&mut self, frame: &[u8]) -> u32 {
-        let program = self.datapath.backstop_program().unwrap();
+        let program = self.datapath.backstop_program(true).unwrap();
         let options = TestRunOptions {
             data_in: Some(frame),
             ..TestRunOptions::default()
@@ -450,14 +452,8 @@ fn truncated_packets_are_dropped_as_malformed_and_counted() {
 }
 
 #[test]
-fn backstop_judges_frames_by_their_destination() {
+fn backstop_judges_frames_by_their_senders_policy_and_lets_kernel_tunnel_carriers_out() {
     let mut v = Verdicts::new();
-    const LOOPBACK_IFINDEX: u32 = 1;
-    // Frames from a test run arrive on loopback; register it for the protected cgroup.
-    v.datapath
-        .maps
-        .set_backstop(LOOPBACK_IFINDEX, v.cgroup)
-        .unwrap();
     let arp = eth(
         0x0806,
         &[
@@ -465,7 +461,11 @@ fn backstop_judges_frames_by_their_destination() {
             1,
         ],
     );
-    assert_eq!(v.backstop(&arp), TC_NEXT, "ARP passes");
+    assert_eq!(
+        v.backstop(&arp),
+        TC_DROP,
+        "a protected process's own ARP frame (AF_PACKET) can carry anything to any neighbour"
+    );
     assert_eq!(
         v.backstop(&ipv4(INTERNAL_V4, &[], 0, &udp(53, 4), None)),
         TC_NEXT
@@ -480,7 +480,8 @@ fn backstop_judges_frames_by_their_destination() {
     );
     assert_eq!(
         v.backstop(&ipv4(ENDPOINT_V4, &[], 0, &udp(ENDPOINT_PORT, 4), None)),
-        TC_NEXT
+        TC_NEXT,
+        "a configured endpoint is an allowance of the protected sender"
     );
     let vlan = eth(0x8100, &[0, 5, 0x08, 0x00, 0x45, 0, 0, 20]);
     assert_eq!(
@@ -491,11 +492,67 @@ fn backstop_judges_frames_by_their_destination() {
     let c = v.counters();
     assert_eq!(c.blocked_packets[BlockReason::TunnelDown as usize], 2);
     assert_eq!(c.blocked_packets[BlockReason::Malformed as usize], 1);
-    // A frame on an interface the agent no longer knows: fail closed.
-    v.datapath.maps.remove_backstop(LOOPBACK_IFINDEX).unwrap();
     assert_eq!(
-        v.backstop(&ipv4(INTERNAL_V4, &[], 0, &udp(53, 4), None)),
-        TC_DROP
+        c.blocked_packets[BlockReason::NotAllowed as usize],
+        1,
+        "the ARP frame"
+    );
+
+    // Kernel WireGuard's encrypted packets keep the socket of the packet they carry: a
+    // carrier of this namespace (a peer the agent read from the kernel) is let out, nothing
+    // else to that address is.
+    let server = Ipv4Addr::new(198, 18, 6, 7);
+    let to_server = ipv4(server, &[], 0, &udp(51820, 4), None);
+    assert_eq!(v.backstop(&to_server), TC_DROP, "not a carrier yet");
+    let cookie = netguard::netns::current_cookie().unwrap();
+    // Test runs arrive on loopback (index 1); the frames' source MAC is eth()'s.
+    let loopback = netguard_common::IfaceKey {
+        ifindex: 1,
+        mac: [0x02, 0, 0, 0, 0, 1],
+        _pad: [0; 2],
+    };
+    v.datapath
+        .maps
+        .write_guarded_iface(loopback, cookie, true)
+        .unwrap();
+    v.desired.carriers.insert(netguard::domain::carrier_key(
+        cookie,
+        (server, 51820).into(),
+    ));
+    v.apply();
+    assert_eq!(v.backstop(&to_server), TC_NEXT, "the carrier passes");
+    assert_eq!(
+        v.backstop(&ipv4(server, &[], 0, &udp(51821, 4), None)),
+        TC_DROP,
+        "another port of the server"
+    );
+    let server6 = Ipv6Addr::new(0xfd0e, 6, 0, 0, 0, 0, 0, 7);
+    v.desired.carriers.insert(netguard::domain::carrier_key(
+        cookie,
+        (server6, 51820).into(),
+    ));
+    v.apply();
+    assert_eq!(
+        v.backstop(&ipv6(server6, UDP, &udp(51820, 4), None)),
+        TC_NEXT,
+        "an IPv6 carrier"
+    );
+    let tcp = [&[0x9c, 0x40][..], &51820u16.to_be_bytes(), &[0; 16]].concat();
+    assert_eq!(
+        v.backstop(&ipv6(server6, 6, &tcp, None)),
+        TC_DROP,
+        "TCP to the carrier's port"
+    );
+    v.desired.carriers.clear();
+    v.apply();
+    assert_eq!(v.backstop(&to_server), TC_DROP, "carriers are removed");
+
+    // An unprotected sender (a gateway, a neighbour) is never judged.
+    let own = v.cgroup;
+    v.set_policy(own, Policy::CountOnly);
+    assert_eq!(
+        v.backstop(&ipv4(EXTERNAL_V4, &[], 0, &udp(53, 4), None)),
+        TC_NEXT
     );
 }
 

@@ -29,14 +29,22 @@ pub fn check(root: &Path) -> Result<()> {
     cargo(&["fmt", "--all", "--check"])?;
     step("clippy (user space)");
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
-    step("clippy (eBPF)");
-    run_checked(
-        Command::new("cargo")
-            .args(["+nightly", "clippy", "-p", "netguard-ebpf", "--bins"])
-            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-            .args(["--", "-D", "warnings"])
-            .env("CARGO_TARGET_DIR", root.join("target/ebpf-clippy")),
-    )?;
+    // The object is built for the agent's architecture (aya-build's bpf_target_arch): each
+    // shipped one is checked.
+    for arch in ["x86_64", "aarch64"] {
+        step(&format!("clippy (eBPF, for {arch})"));
+        run_checked(
+            Command::new("cargo")
+                .args(["+nightly", "clippy", "-p", "netguard-ebpf", "--bins"])
+                .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+                .args(["--", "-D", "warnings"])
+                .env(
+                    "CARGO_TARGET_DIR",
+                    root.join("target/ebpf-clippy").join(arch),
+                )
+                .env("RUSTFLAGS", format!("--cfg bpf_target_arch=\"{arch}\"")),
+        )?;
+    }
     step("the agent's module graph: no import cycle, no file over 400 lines");
     layers::check(&root.join("netguard/src"))
 }

@@ -1,6 +1,7 @@
 //! `netguard run`: load or adopt the datapath, apply the configured policy, follow Docker,
 //! report blocked flows and serve the API; on shutdown, leave enforcement in place.
 
+mod release;
 mod start;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -32,6 +33,11 @@ pub async fn run(config: Config) -> Result<()> {
     // attached stays pinned and enforcing; exiting before attaching could let a container
     // that Docker starts meanwhile out unguarded.
     let listener = config.listen.map(listen).transpose()?;
+    let token = config
+        .api_token_file
+        .as_deref()
+        .map(http::ensure_token)
+        .transpose()?;
     let pin_dir = datapath.pin_dir().to_path_buf();
     let report = Arc::new(Report::new(
         attach_cgroups,
@@ -60,6 +66,7 @@ pub async fn run(config: Config) -> Result<()> {
     }));
     let kernel_log = datapath.take_logs().context("kernel log already taken")?;
     let mut forwarder = tokio::spawn(log::forward(kernel_log));
+    let mut releaser = tokio::spawn(release::release_stopped(pin_dir.clone(), root.clone()));
     let mut server = match listener {
         Some(listener) => {
             let maps = Maps::open_pinned(&pin_dir)?;
@@ -67,7 +74,11 @@ pub async fn run(config: Config) -> Result<()> {
                 "serving /metrics and /api/v1 on http://{}",
                 listener.local_addr()?
             );
-            tokio::spawn(http::serve(listener, Arc::clone(&report), maps))
+            let access = http::Access {
+                token,
+                max_flow_streams: config.max_flow_streams,
+            };
+            tokio::spawn(http::serve(listener, Arc::clone(&report), maps, access))
         }
         None => tokio::spawn(std::future::pending::<Result<()>>()),
     };
@@ -77,6 +88,7 @@ pub async fn run(config: Config) -> Result<()> {
             let hierarchy = Hierarchy::open(&root)?;
             let watcher = Watcher::new(
                 socket.clone(),
+                config.resync,
                 datapath,
                 applier,
                 hierarchy,
@@ -101,11 +113,13 @@ pub async fn run(config: Config) -> Result<()> {
         _ = interrupt.recv() => info!("SIGINT received"),
         result = &mut reader => warn!("blocked-flow reader stopped: {result:?}"),
         result = &mut forwarder => warn!("kernel log reader stopped: {result:?}"),
+        result = &mut releaser => warn!("raw-socket hold releaser stopped: {result:?}"),
         result = &mut watcher => warn!("Docker watcher stopped: {result:?}"),
         result = &mut server => warn!("HTTP server stopped: {result:?}"),
     }
     reader.abort();
     forwarder.abort();
+    releaser.abort();
     watcher.abort();
     server.abort();
     info!(

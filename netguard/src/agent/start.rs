@@ -15,7 +15,7 @@ use crate::{
     kernel::{Datapath, maps::now_secs},
     netns,
     reconcile::{
-        Snapshot, StaticCgroup, StaticGateway, StaticPolicy,
+        Netns, Snapshot, StaticCgroup, StaticGateway, StaticPolicy,
         apply::{Applier, Prune},
         decide,
     },
@@ -62,6 +62,9 @@ pub fn start(config: &Config) -> Result<Started> {
             .map(|cidr| cidr.parse().expect("built-in CIDRs are valid"))
             .chain(config.internal_cidrs.iter().copied())
             .collect::<Vec<IpNet>>(),
+        host_interfaces: config.backstop_host_interfaces.clone(),
+        host_netns: netns::current_cookie()
+            .map_err(|error| anyhow::anyhow!("reading the host's network namespace: {error}"))?,
         ..StaticPolicy::default()
     };
     for gateway in &config.gateways {
@@ -75,43 +78,54 @@ pub fn start(config: &Config) -> Result<Started> {
             tunnel_up: gateway.tunnel_up,
         });
     }
+    let host = statics.host_netns;
     for (entry, cgroup) in config.protect.iter().zip(&protected) {
-        let backstops = entry
-            .backstop_interfaces
-            .iter()
-            .map(|interface| {
-                netns::ifindex(interface).map_err(|error| {
+        let netns = match &entry.backstop_netns {
+            Some(path) => {
+                let (cookie, interfaces) = netns::cookie_and_interfaces(path).map_err(|error| {
                     ConfigError(format!(
-                        "backstop interface {interface:?}: {error}: create it or fix the name"
+                        "backstop_netns {} of cgroup {}: {error}: fix the path",
+                        path.display(),
+                        cgroup.path.display()
                     ))
+                })?;
+                let interfaces = if cookie == host {
+                    netns::host_backstop_interfaces(
+                        interfaces,
+                        config.backstop_host_interfaces.as_deref(),
+                    )
+                } else {
+                    interfaces
+                };
+                Some(Netns {
+                    cookie,
+                    path: path.clone(),
+                    interfaces: interfaces.into_iter().collect(),
+                    host: cookie == host,
                 })
-            })
-            .collect::<Result<Vec<u32>, _>>()?;
+            }
+            None => None,
+        };
         statics.cgroups.push(StaticCgroup {
             name: cgroup.relative(&root),
             id: cgroup.id,
             gateway: entry.gateway.clone(),
             allow: entry.allow.clone(),
-            backstops,
+            netns,
         });
     }
 
     let mut datapath = Datapath::load(&config.pin_dir)?;
+    let root_id = Cgroup::resolve(&root, &root)?.id;
     // The classifier holds unknown container cgroups until the Docker watcher classifies
-    // them: only with a watcher.
-    if config.docker_socket.is_some() {
-        let outcome = datapath.attach_classifier()?;
-        info!(
-            ?outcome,
-            "container cgroup classifier (cgroup:cgroup_mkdir)"
-        );
-    } else {
+    // them: only with a watcher. It and the cgroup programs attach as one step.
+    let classifier = config.docker_socket.as_ref().map(|_| root_id);
+    if classifier.is_none() {
+        datapath.set_root_cgroup(root_id)?;
         datapath.detach_classifier()?;
     }
-    for cgroup in &attach {
-        for (program, outcome) in datapath.attach_cgroup(cgroup)? {
-            info!(cgroup = %cgroup.path.display(), program, ?outcome, "cgroup program");
-        }
+    for (program, outcome) in datapath.attach_enforcement(classifier, &attach)? {
+        info!(program, ?outcome, "attached");
     }
     // Every protected cgroup is under a configured attach cgroup (checked above), so links
     // an earlier configuration left elsewhere only add a second run of every program.
@@ -119,6 +133,7 @@ pub fn start(config: &Config) -> Result<Started> {
         info!(link = %path.display(), "detached: its cgroup is no longer configured");
     }
 
+    datapath.restore_reserves();
     let mut applier = Applier::load(&datapath)?;
     // With Docker, the host's directly connected subnets (Docker's bridges among them) until
     // the watcher says more; without, only what is configured.
@@ -161,12 +176,13 @@ pub fn start(config: &Config) -> Result<Started> {
         );
     }
     for cgroup in &statics.cgroups {
-        info!(cgroup = cgroup.name, id = cgroup.id, backstops = ?cgroup.backstops, "protected");
+        let backstop = cgroup.netns.as_ref().map(|n| n.path.display().to_string());
+        info!(cgroup = cgroup.name, id = cgroup.id, backstop, "protected");
     }
     info!(
         protected = statics.cgroups.len(),
         gateways = statics.gateways.len(),
-        backstops = desired.backstops.len(),
+        guarded_namespaces = desired.guards.len(),
         "netguard ready"
     );
     // Not fatal: enforcement is attached, new container cgroups are held (unclassified) by

@@ -56,6 +56,9 @@ pub const DEFAULT_UP_AFTER: u32 = 2;
 pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_millis(800);
 /// How often each gateway's tunnel health is checked (and its interface looked up again).
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often processes stopped by the raw-socket guard are looked at (continued once their
+/// namespace's backstop is in place).
+pub const STOPPED_POLL: Duration = Duration::from_millis(50);
 /// How often everything is reconciled with Docker again, whatever the events said (events
 /// can be lost; a write can fail).
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
@@ -63,12 +66,16 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 pub const DOCKER_MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Instances (cgroups) remembered per container: a crash loop makes one per start.
 pub const INSTANCES_KEPT: usize = 16;
+/// Directories a full sync looks at when it walks the cgroup tree for unknown containers.
+pub const CGROUP_WALK_LIMIT: usize = 20_000;
 /// Blocked flows kept for `/api/v1/flows`.
 pub const RECENT_FLOWS: usize = 1024;
 /// Blocked flows kept per container for `/api/v1/containers`.
 pub const RECENT_PER_CONTAINER: usize = 10;
 /// Live flow-stream readers that fall this far behind lose the oldest flows (and are told).
 pub const LIVE_BACKLOG: usize = 1024;
+/// Live flow streams (`/api/v1/flows/stream`) served at once by default.
+pub const DEFAULT_MAX_FLOW_STREAMS: usize = 8;
 /// How long the CLI waits for the agent's answer (not for the live flow stream).
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -102,6 +109,16 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// Seconds a destroyed container's series stay in /metrics (default 300).
     pub metrics_grace_secs: Option<u64>,
+    /// A file holding the bearer token every HTTP request but `/healthz` must carry; created
+    /// with a random token if missing.
+    pub api_token_file: Option<PathBuf>,
+    /// Live flow streams served at once (default 8).
+    pub max_flow_streams: Option<usize>,
+    /// Seconds between full reconciles with Docker (default 30).
+    pub resync_secs: Option<u64>,
+    /// The host's interfaces that carry the backstop when a protected container shares the
+    /// host's network namespace (`--network host`); default: every one.
+    pub backstop_host_interfaces: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,9 +143,11 @@ pub struct FileProtect {
     pub gateway: Option<String>,
     #[serde(default)]
     pub allow: Vec<String>,
-    /// Host-side veths of the cgroup's network namespace (raw-socket backstop).
-    #[serde(default)]
-    pub backstop_interfaces: Vec<String>,
+    /// The network namespace the cgroup's processes send from (a file such as
+    /// `/run/netns/NAME` or `/proc/PID/ns/net`): the backstop goes on its interfaces.
+    pub backstop_netns: Option<PathBuf>,
+    /// Replaced by `backstop_netns`; named here only to say so.
+    pub backstop_interfaces: Option<Vec<String>>,
 }
 
 /// Command-line additions to the file.
@@ -143,6 +162,9 @@ pub struct FlagConfig {
     pub protect: Vec<PathBuf>,
     pub listen: Option<String>,
     pub metrics_grace_secs: Option<u64>,
+    pub api_token_file: Option<PathBuf>,
+    pub max_flow_streams: Option<usize>,
+    pub resync_secs: Option<u64>,
 }
 
 /// The validated configuration.
@@ -159,6 +181,12 @@ pub struct Config {
     /// `None`: no HTTP server.
     pub listen: Option<SocketAddr>,
     pub metrics_grace: Duration,
+    /// Where the API token is (or is to be made); `None`: no token asked.
+    pub api_token_file: Option<PathBuf>,
+    pub max_flow_streams: usize,
+    pub resync: Duration,
+    /// `None`: every interface of the host's namespace.
+    pub backstop_host_interfaces: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,7 +203,7 @@ pub struct Protect {
     pub cgroup: PathBuf,
     pub gateway: Option<String>,
     pub allow: Vec<IpNet>,
-    pub backstop_interfaces: Vec<String>,
+    pub backstop_netns: Option<PathBuf>,
 }
 
 impl Config {
@@ -230,6 +258,14 @@ impl Config {
                     known(&names)
                 )));
             }
+            if entry.backstop_interfaces.is_some() {
+                return Err(ConfigError(format!(
+                    "cgroup {}: backstop_interfaces is gone: the backstop now sits inside the \
+                     cgroup's network namespace and judges each frame by its sender; write \
+                     backstop_netns = \"/run/netns/NAME\" (or /proc/PID/ns/net) instead",
+                    entry.cgroup.display()
+                )));
+            }
             protect.push(Protect {
                 allow: parse_cidrs(
                     &format!("allow of {}", entry.cgroup.display()),
@@ -237,14 +273,14 @@ impl Config {
                 )?,
                 cgroup: entry.cgroup,
                 gateway: entry.gateway,
-                backstop_interfaces: entry.backstop_interfaces,
+                backstop_netns: entry.backstop_netns,
             });
         }
         protect.extend(flags.protect.iter().map(|cgroup| Protect {
             cgroup: cgroup.clone(),
             gateway: None,
             allow: Vec::new(),
-            backstop_interfaces: Vec::new(),
+            backstop_netns: None,
         }));
 
         let mut attach_cgroups = file.attach_cgroups.unwrap_or_default();
@@ -266,9 +302,28 @@ impl Config {
             .metrics_grace_secs
             .or(file.metrics_grace_secs)
             .map_or(DEFAULT_METRICS_GRACE, Duration::from_secs);
+        let resync = flags
+            .resync_secs
+            .or(file.resync_secs)
+            .map_or(RESYNC_INTERVAL, Duration::from_secs);
+        if resync.is_zero() {
+            return Err(ConfigError(
+                "resync_secs = 0: Docker would be listed without pause; set 1 or more (default \
+                 30)"
+                .into(),
+            ));
+        }
+        let max_flow_streams = flags
+            .max_flow_streams
+            .or(file.max_flow_streams)
+            .unwrap_or(DEFAULT_MAX_FLOW_STREAMS);
         Ok(Self {
             listen,
             metrics_grace,
+            api_token_file: flags.api_token_file.clone().or(file.api_token_file),
+            max_flow_streams,
+            resync,
+            backstop_host_interfaces: file.backstop_host_interfaces,
             docker_socket: docker.then_some(docker_socket),
             pin_dir: flags
                 .pin_dir

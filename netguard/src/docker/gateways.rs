@@ -1,7 +1,10 @@
 //! The VPN gateway containers' tunnels: where each one's tunnel interface is, and whether it
 //! is healthy, round after round.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+};
 
 use crate::{
     domain::ContainerId,
@@ -19,6 +22,7 @@ struct Tracked {
     policy: HealthPolicy,
     tunnel: FoundTunnel,
     health: TunnelHealth,
+    carriers: BTreeSet<SocketAddr>,
 }
 
 /// What changed in a health round.
@@ -29,6 +33,8 @@ pub enum Change {
         gateway: ContainerId,
         interface: Option<String>,
     },
+    /// A kernel tunnel's peers changed (Gluetun picked another server).
+    Carriers { gateway: ContainerId },
     /// The tunnel went up or down.
     Health {
         gateway: ContainerId,
@@ -71,6 +77,7 @@ impl GatewayTunnels {
                             policy,
                             tunnel,
                             health: TunnelHealth::default(),
+                            carriers: BTreeSet::new(),
                         },
                     );
                 }
@@ -109,6 +116,14 @@ impl GatewayTunnels {
             tracked.tunnel = round.tunnel;
             tracked.health = TunnelHealth::default();
         }
+        if let Some(carriers) = round.carriers
+            && carriers != tracked.carriers
+        {
+            changes.push(Change::Carriers {
+                gateway: round.id.clone(),
+            });
+            tracked.carriers = carriers;
+        }
         let verdict = tracked.policy.verdict(&round.evidence);
         if tracked.health.observe(&tracked.policy, verdict) {
             changes.push(Change::Health {
@@ -130,10 +145,19 @@ impl GatewayTunnels {
                     Tunnel {
                         interface: tracked.tunnel.as_ref().map(|(t, _)| *t),
                         up: tracked.health.up,
+                        carriers: tracked.carriers.clone(),
                     },
                 )
             })
             .collect()
+    }
+
+    /// The peers of the gateway's kernel tunnel.
+    pub fn carriers(&self, id: &ContainerId) -> Vec<SocketAddr> {
+        self.tracked
+            .get(id)
+            .map(|t| t.carriers.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Why the gateway's tunnel last counted as down.

@@ -1,5 +1,5 @@
 //! One container as Docker and the host describe it: `docker inspect`, then its cgroup and
-//! veths from `/proc`.
+//! network namespace from `/proc`.
 
 use std::{collections::HashMap, path::Path};
 
@@ -15,8 +15,8 @@ use tracing::debug;
 use crate::{
     cgroup::{Cgroup, process_cgroup},
     domain::ContainerId,
-    host::network::host_side_veths,
-    labels::ContainerLabels,
+    labels::{ContainerLabels, ImageLabels},
+    netns,
     report::ContainerFacts,
 };
 
@@ -27,7 +27,7 @@ pub struct Inspected {
     pub network_mode: String,
     /// Docker's health status, if it has a HEALTHCHECK.
     pub docker_healthy: Option<bool>,
-    /// Its process, cgroup and veths, if it runs; `Err` when it runs but the host's facts
+    /// Its process, cgroup and namespace, if it runs; `Err` when it runs but the host's facts
     /// about it could not be read (what was known before stays).
     pub running: Option<Result<Running, String>>,
     /// What operators see besides the policy.
@@ -37,12 +37,20 @@ pub struct Inspected {
 pub struct Running {
     pub pid: u32,
     pub cgroup: Cgroup,
-    /// Host-side veths of its namespace; `Err` when they could not be listed.
-    pub veths: Result<Vec<u32>, String>,
+    /// The cookie and interfaces of its network namespace; `Err` when unreadable.
+    pub netns: Result<(u64, Vec<(u32, crate::domain::Mac)>), String>,
 }
 
+/// Labels of images, by image id (an image never changes).
+pub type ImageCache = HashMap<String, HashMap<String, String>>;
+
 /// Inspects `id`; `None` if Docker no longer knows it.
-pub async fn inspect(docker: &Docker, id: &ContainerId, root: &Path) -> Result<Option<Inspected>> {
+pub async fn inspect(
+    docker: &Docker,
+    id: &ContainerId,
+    root: &Path,
+    images: &mut ImageCache,
+) -> Result<Option<Inspected>> {
     let info = match docker.inspect_container(id.as_str(), None).await {
         Ok(info) => info,
         Err(bollard::errors::Error::DockerResponseServerError {
@@ -50,7 +58,28 @@ pub async fn inspect(docker: &Docker, id: &ContainerId, root: &Path) -> Result<O
         }) => return Ok(None),
         Err(error) => return Err(error).context("inspecting"),
     };
-    let mut inspected = from_response(&info);
+    if let Some(image) = info.image.as_deref()
+        && !images.contains_key(image)
+    {
+        match docker.inspect_image(image).await {
+            Ok(found) => {
+                let labels = found.config.and_then(|c| c.labels).unwrap_or_default();
+                images.insert(image.to_string(), labels);
+            }
+            // Unknown: its loosening labels are set aside until the next inspect.
+            Err(error) => debug!(image, "inspecting the image: {error}"),
+        }
+    }
+    let image_labels = match info.image.as_deref().and_then(|image| images.get(image)) {
+        Some(labels) => ImageLabels::Known(labels),
+        None => ImageLabels::Unknown,
+    };
+    let mut inspected = from_response(&info, image_labels);
+    inspected.facts.privileged = info
+        .host_config
+        .as_ref()
+        .and_then(|h| h.privileged)
+        .unwrap_or(false);
     let pid = info
         .state
         .as_ref()
@@ -61,13 +90,11 @@ pub async fn inspect(docker: &Docker, id: &ContainerId, root: &Path) -> Result<O
     if let Some(pid) = pid {
         match process_cgroup(root, pid, id.as_str()) {
             Ok(cgroup) => {
-                let veths = match inspected.network_mode.as_str() {
-                    "host" | "none" => Ok(Vec::new()),
-                    _ => host_side_veths(pid).map_err(|error| format!("{error:#}")),
-                };
+                let netns = netns::cookie_and_interfaces(&netns::of_process(pid))
+                    .map_err(|error| format!("reading its network namespace: {error}"));
                 inspected.facts.cgroup_path = Some(cgroup.path.clone());
                 inspected.facts.running = true;
-                inspected.running = Some(Ok(Running { pid, cgroup, veths }));
+                inspected.running = Some(Ok(Running { pid, cgroup, netns }));
             }
             // It exited between inspect and now; its die event follows.
             Err(error) if !Path::new(&format!("/proc/{pid}")).exists() => {
@@ -87,7 +114,7 @@ pub async fn inspect(docker: &Docker, id: &ContainerId, root: &Path) -> Result<O
 
 /// What the listing says of a container that could not be inspected: enough to keep it
 /// registered and its gateway known; whether and how it runs stays as known before.
-pub fn from_summary(summary: &ContainerSummary) -> Inspected {
+pub fn from_summary(summary: &ContainerSummary, images: &ImageCache) -> Inspected {
     let name = summary
         .names
         .as_ref()
@@ -101,7 +128,11 @@ pub fn from_summary(summary: &ContainerSummary) -> Inspected {
         .and_then(|h| h.network_mode.clone())
         .unwrap_or_default();
     let image = summary.image.clone().unwrap_or_default();
-    let mut inspected = from_parts(name, &labels, network_mode, image, None);
+    let image_labels = match summary.image_id.as_deref().and_then(|id| images.get(id)) {
+        Some(labels) => ImageLabels::Known(labels),
+        None => ImageLabels::Unknown,
+    };
+    let mut inspected = from_parts(name, &labels, network_mode, image, None, image_labels);
     if summary.state == Some(ContainerSummaryStateEnum::RUNNING) {
         inspected.facts.running = true;
         inspected.running = Some(Err("not inspected".into()));
@@ -110,7 +141,7 @@ pub fn from_summary(summary: &ContainerSummary) -> Inspected {
 }
 
 /// Everything but the host's facts.
-fn from_response(info: &ContainerInspectResponse) -> Inspected {
+fn from_response(info: &ContainerInspectResponse, image_labels: ImageLabels<'_>) -> Inspected {
     let name = info
         .name
         .as_deref()
@@ -139,7 +170,14 @@ fn from_response(info: &ContainerInspectResponse) -> Inspected {
         .and_then(|h| h.status)
         .filter(|status| *status != HealthStatusEnum::EMPTY && *status != HealthStatusEnum::NONE)
         .map(|status| status == HealthStatusEnum::HEALTHY);
-    from_parts(name, &raw_labels, network_mode, image, docker_healthy)
+    from_parts(
+        name,
+        &raw_labels,
+        network_mode,
+        image,
+        docker_healthy,
+        image_labels,
+    )
 }
 
 fn from_parts(
@@ -148,8 +186,12 @@ fn from_parts(
     network_mode: String,
     image: String,
     docker_healthy: Option<bool>,
+    image_labels: ImageLabels<'_>,
 ) -> Inspected {
-    let labels = ContainerLabels::parse(raw_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let labels = ContainerLabels::parse_container(
+        raw_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        image_labels,
+    );
     let label = |key: &str| raw_labels.get(key).cloned();
     let facts = ContainerFacts {
         name: name.clone(),
@@ -166,6 +208,8 @@ fn from_parts(
         gateway: None,
         cgroup_path: None,
         running: false,
+        privileged: false,
+        problems: labels.problems.clone(),
     };
     Inspected {
         name,

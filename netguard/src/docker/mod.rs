@@ -1,6 +1,7 @@
 //! Docker: containers are protected by their labels, kept in sync through the Engine API.
 //!
-//! A full listing at start-up, every [`RESYNC_INTERVAL`] and after every reconnect, then the
+//! A full listing at start-up, every resync interval (`resync_secs`, 30 s) and after every
+//! reconnect, then the
 //! event stream. Each event updates what the watcher knows of a container (Docker's facts and
 //! the host's: [`inspect`]); the kernel is then brought in line with the decision
 //! ([`crate::reconcile`]) for everything at once. The daemon going away only pauses updates:
@@ -9,6 +10,7 @@
 mod gateways;
 mod inspect;
 mod sync;
+mod upkeep;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -30,7 +32,7 @@ use tracing::{debug, warn};
 use self::gateways::GatewayTunnels;
 use crate::{
     cgroup::Hierarchy,
-    config::{DOCKER_MAX_BACKOFF, HEALTH_INTERVAL, RESYNC_INTERVAL},
+    config::{DOCKER_MAX_BACKOFF, HEALTH_INTERVAL},
     domain::{CgroupId, ContainerId},
     kernel::Datapath,
     reconcile::{Container, Decision, StaticPolicy, apply::Applier},
@@ -41,6 +43,8 @@ use crate::{
 /// Follows Docker and keeps the kernel in line with it.
 pub struct Watcher {
     socket: PathBuf,
+    /// How often everything is reconciled again, whatever the events said.
+    resync: Duration,
     datapath: Datapath,
     applier: Applier,
     hierarchy: Hierarchy,
@@ -56,8 +60,14 @@ pub struct Watcher {
     problems: HashSet<String>,
     /// Held cgroups no container explained at the last full sync.
     unaccounted: BTreeSet<CgroupId>,
+    /// Held cgroups no container explained at two full syncs running (reported).
+    unknown: BTreeSet<CgroupId>,
+    /// Protected containers' cgroups frozen because their policy could not be written.
+    frozen: BTreeSet<CgroupId>,
     /// Label problems already reported, per container.
     reported: HashMap<ContainerId, HashSet<String>>,
+    /// Image labels, to tell a container's own labels from its image's.
+    images: inspect::ImageCache,
     /// What operators see (API, metrics): containers' names, images and cgroups.
     report: Arc<Report>,
 }
@@ -65,6 +75,7 @@ pub struct Watcher {
 impl Watcher {
     pub fn new(
         socket: PathBuf,
+        resync: Duration,
         datapath: Datapath,
         applier: Applier,
         hierarchy: Hierarchy,
@@ -73,6 +84,7 @@ impl Watcher {
     ) -> Self {
         Self {
             socket,
+            resync,
             datapath,
             applier,
             hierarchy,
@@ -83,7 +95,10 @@ impl Watcher {
             decisions: BTreeMap::new(),
             problems: HashSet::new(),
             unaccounted: BTreeSet::new(),
+            unknown: BTreeSet::new(),
+            frozen: BTreeSet::new(),
             reported: HashMap::new(),
+            images: HashMap::new(),
             report,
         }
     }
@@ -132,7 +147,7 @@ impl Watcher {
         *backoff = Duration::from_secs(1);
         let mut health = tokio::time::interval(HEALTH_INTERVAL);
         let mut rounds: tokio::task::JoinSet<Vec<HealthRound>> = tokio::task::JoinSet::new();
-        let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+        let mut resync = tokio::time::interval(self.resync);
         resync.tick().await;
         loop {
             tokio::select! {
@@ -192,14 +207,15 @@ impl Watcher {
                     // A cgroup the classifier gave an entry may die before it was ever
                     // reconciled (crash loops): collect entries of vanished cgroups too.
                     "die" => {
-                        self.stopped(&id);
-                        // Docker's word on whether it already runs again; without it, stopped.
+                        // Docker's word on whether it already runs again. Without it, the
+                        // instance counts as running (its namespace stays guarded) until its
+                        // cgroup is gone: an event may be stale, the kernel is not.
                         if let Err(error) = self.refresh(docker, &id).await {
                             warn!(
                                 container = id.short(),
-                                "inspecting after its exit: {error:#}"
+                                "inspecting after its exit: {error:#} (it stays guarded until \
+                                 its cgroup is gone)"
                             );
-                            self.reconcile();
                         }
                         self.collect_garbage(false)
                     }

@@ -10,14 +10,14 @@ use tracing::{debug, info, warn};
 use super::{Watcher, gateways::Change, inspect};
 use crate::{
     domain::ContainerId,
-    host::network::connected_private_subnets,
+    host::network::{connected_private_subnets, direct_subnets},
     kernel::maps::now_secs,
-    labels::ContainerLabels,
+    labels::{ContainerLabels, ImageLabels},
+    netns,
     reconcile::{
-        Container, DesiredState, Instance, Snapshot,
+        Container, DesiredState, Instance, Netns, Snapshot,
         apply::{Applied, Prune},
         decide,
-        garbage::{self, Keep, KernelView},
     },
     report::DockerSync,
 };
@@ -38,7 +38,7 @@ impl Watcher {
             let Some(id) = summary.id.as_deref().and_then(|id| id.parse().ok()) else {
                 continue;
             };
-            match inspect::inspect(docker, &id, self.hierarchy.root()).await {
+            match inspect::inspect(docker, &id, self.hierarchy.root(), &mut self.images).await {
                 Ok(found) => self.update(&id, found),
                 // Still listed: registered and, if a gateway, known by what the listing says.
                 Err(error) => {
@@ -46,7 +46,7 @@ impl Watcher {
                         container = id.short(),
                         "inspecting: {error:#} (retried at the next resync)"
                     );
-                    self.update(&id, Some(inspect::from_summary(summary)));
+                    self.update(&id, Some(inspect::from_summary(summary, &self.images)));
                 }
             }
             ids.insert(id);
@@ -64,6 +64,8 @@ impl Watcher {
         self.applier.reload(&self.datapath)?;
         self.reconcile();
         self.collect_garbage(true)?;
+        // Running containers' policies first, then the classifier's reserves for new ones.
+        self.datapath.restore_reserves();
         self.report.set_docker(DockerSync::InSync);
         let protected = self
             .decisions
@@ -83,8 +85,12 @@ impl Watcher {
         if self.containers.contains_key(id) {
             return;
         }
-        let labels =
-            ContainerLabels::parse(attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // The event's labels include the image's: nothing loosening counts before the
+        // inspect that tells them apart.
+        let labels = ContainerLabels::parse_container(
+            attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            ImageLabels::Unknown,
+        );
         let name = attributes.get("name").cloned().unwrap_or_default();
         self.containers
             .insert(id.clone(), Container::new(id.clone(), name, labels));
@@ -92,7 +98,7 @@ impl Watcher {
 
     /// Inspects one container again and reconciles.
     pub(super) async fn refresh(&mut self, docker: &Docker, id: &ContainerId) -> Result<()> {
-        let found = inspect::inspect(docker, id, self.hierarchy.root()).await?;
+        let found = inspect::inspect(docker, id, self.hierarchy.root(), &mut self.images).await?;
         if found.is_none() {
             self.destroyed(id)?;
         } else {
@@ -126,22 +132,35 @@ impl Watcher {
             Some(Ok(running)) => {
                 let previous = container.running.take();
                 let same = previous.as_ref().filter(|i| i.cgroup == running.cgroup.id);
-                let veths = match (running.veths, same) {
-                    (Ok(veths), _) => veths,
+                let netns = match (running.netns, same) {
+                    (Ok((cookie, interfaces)), _) => {
+                        let host = cookie == self.statics.host_netns;
+                        let interfaces = if host {
+                            netns::host_backstop_interfaces(
+                                interfaces,
+                                self.statics.host_interfaces.as_deref(),
+                            )
+                        } else {
+                            interfaces
+                        };
+                        Some(Netns {
+                            cookie,
+                            path: netns::of_process(running.pid),
+                            interfaces: interfaces.into_iter().collect(),
+                            host,
+                        })
+                    }
                     // Unreadable now: what was found for this instance stands.
                     (Err(error), previous) => {
-                        warn!(container = container.name, "listing its veths: {error}");
-                        previous.map(|i| i.veths.clone()).unwrap_or_default()
+                        warn!(container = container.name, "{error}");
+                        previous.and_then(|i| i.netns.clone())
                     }
                 };
-                if same.is_none() && container.labels.protected {
-                    warn_without_backstop(container, &veths);
-                }
                 cgroup = Some(running.cgroup.id);
                 container.started(Instance {
                     pid: running.pid,
                     cgroup: running.cgroup.id,
-                    veths,
+                    netns,
                 });
             }
             // Docker says it runs, but the host's facts are unreadable: what was known stays
@@ -157,16 +176,6 @@ impl Watcher {
             self.report
                 .set_gateway(id, decision.gateway.gateway().map(str::to_string));
         }
-    }
-
-    /// Docker says the container stopped: so it is until Docker says otherwise (a gateway's
-    /// tunnel is down for everyone behind it at once). Its entries stay until its cgroup is
-    /// gone.
-    pub(super) fn stopped(&mut self, id: &ContainerId) {
-        if let Some(container) = self.containers.get_mut(id) {
-            container.running = None;
-        }
-        self.report.container_stopped(id);
     }
 
     /// The container is gone from Docker: its last counters stay visible for the metrics'
@@ -202,6 +211,7 @@ impl Watcher {
         let applied = self
             .applier
             .apply(&desired, &mut self.datapath, Prune::Yes, now_secs());
+        self.freeze_unenforced(&applied.unwritten);
         self.log_applied(applied);
         for problem in &desired.problems {
             if self.problems.insert(problem.clone()) {
@@ -236,9 +246,17 @@ impl Watcher {
         for round in rounds {
             for change in self.tunnels.record(round) {
                 changed = true;
-                if let Change::Moved { gateway, interface } = change {
-                    let name = self.containers.get(&gateway).map_or("", |c| &c.name);
-                    info!(gateway = name, tunnel = ?interface, "tunnel interface changed");
+                match change {
+                    Change::Moved { gateway, interface } => {
+                        let name = self.containers.get(&gateway).map_or("", |c| &c.name);
+                        info!(gateway = name, tunnel = ?interface, "tunnel interface changed");
+                    }
+                    Change::Carriers { gateway } => {
+                        let name = self.containers.get(&gateway).map_or("", |c| &c.name);
+                        let peers = self.tunnels.carriers(&gateway);
+                        info!(gateway = name, ?peers, "kernel tunnel peers changed");
+                    }
+                    Change::Health { .. } => {}
                 }
             }
         }
@@ -251,11 +269,17 @@ impl Watcher {
                 now_secs(),
                 &mut applied,
             );
+            self.applier.apply_carriers(
+                &desired.carriers,
+                &mut self.datapath,
+                Prune::Yes,
+                &mut applied,
+            );
             self.log_applied(applied);
         }
     }
 
-    fn log_applied(&self, applied: Applied) {
+    pub(super) fn log_applied(&self, applied: Applied) {
         for failure in applied.failures {
             warn!(
                 "{}: {:#} (retried at the next resync)",
@@ -286,54 +310,32 @@ impl Watcher {
         }
     }
 
-    /// Drops the kernel entries of cgroups that no longer exist. At a full sync, a held cgroup
-    /// Docker did not account for at two syncs running is not a Docker container: it is
-    /// counted only from then on.
-    pub(super) fn collect_garbage(&mut self, full_sync: bool) -> Result<()> {
-        let mut view = KernelView {
-            policies: self.datapath.maps.policies()?,
-            counted: self.datapath.maps.counted_cgroups()?,
-            alive: BTreeSet::new(),
-        };
-        for cgroup in view.cgroups() {
-            if self.hierarchy.exists(cgroup)? {
-                view.alive.insert(cgroup);
-            }
-        }
-        let keep = Keep::of(&self.statics, &self.containers);
-        let garbage = garbage::collect(&view, &keep, &self.unaccounted, full_sync);
-        for cgroup in &garbage.count_only {
-            warn!(
-                cgroup,
-                "a cgroup named like a container that Docker does not know: counting it only"
-            );
-        }
-        if !garbage.retire.is_empty() || !garbage.forget.is_empty() {
-            debug!(retired = ?garbage.retire, forgotten = ?garbage.forget, "cgroups gone");
-        }
-        let applied = self.applier.collect(&garbage, &mut self.datapath);
-        self.log_applied(applied);
-        if full_sync {
-            self.unaccounted = garbage.unaccounted.clone();
-        }
-        if garbage.mark_stopped(&mut self.containers) {
-            self.reconcile();
-        }
-        Ok(())
-    }
-
-    /// Internal destinations from Docker's network subnets and the host's directly
-    /// connected private subnets.
+    /// Internal destinations: the subnets of Docker's bridge networks the host reaches
+    /// directly (its own address on the bridge), and the host's directly connected private
+    /// subnets. A macvlan, ipvlan, overlay or config-only network's subnet is only a
+    /// declaration: it counts only if configured (`internal_cidrs`).
     pub(super) async fn sync_internal(&mut self, docker: &Docker) -> Result<()> {
+        let direct = direct_subnets()?;
         let mut cidrs = Vec::new();
         for network in docker
             .list_networks(None)
             .await
             .context("listing networks")?
         {
+            let bridge = network.driver.as_deref() == Some("bridge");
+            let config_only = network.config_only.unwrap_or(false);
             for config in network.ipam.and_then(|i| i.config).unwrap_or_default() {
-                if let Some(subnet) = config.subnet.and_then(|s| s.parse::<IpNet>().ok()) {
+                let Some(subnet) = config.subnet.and_then(|s| s.parse::<IpNet>().ok()) else {
+                    continue;
+                };
+                if bridge && !config_only && direct.contains(&subnet.trunc()) {
                     cidrs.push(subnet);
+                } else {
+                    debug!(
+                        network = network.name.as_deref().unwrap_or_default(),
+                        %subnet,
+                        "not internal: not a bridge network the host reaches directly"
+                    );
                 }
             }
         }
@@ -343,23 +345,5 @@ impl Watcher {
         debug!(?cidrs, "internal networks");
         self.discovered_internal = cidrs;
         Ok(())
-    }
-}
-
-/// A protected container whose raw frames no backstop can stop says so once per start.
-fn warn_without_backstop(container: &Container, veths: &[u32]) {
-    match container.network_mode.as_str() {
-        "host" => warn!(
-            container = container.name,
-            "protected container uses the host network: its sockets are enforced, but raw \
-             frames cannot be stopped without a veth of its own"
-        ),
-        "none" => {}
-        _ if veths.is_empty() => warn!(
-            container = container.name,
-            "no veth of the container's namespace found on the host: raw frames from it are \
-             not stopped (sockets are)"
-        ),
-        _ => {}
     }
 }

@@ -1,82 +1,69 @@
-//! What the host's network says: the veths of a container's namespace, and the subnets the
-//! host reaches directly.
+//! What the host's network says: the subnets it reaches directly.
+//!
+//! A subnet counts when the kernel has a unicast route to it on a real interface without a
+//! gateway (`/proc/net/route`, `/proc/net/ipv6_route`): not an unreachable, blackhole or
+//! prohibit route, not one on loopback.
 
 use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use ipnet::IpNet;
 
-use crate::netns;
+/// `RTF_GATEWAY`: the route goes through a router.
+const RTF_GATEWAY: u32 = 0x0002;
+/// `RTF_REJECT`: an unreachable, blackhole or prohibit route.
+const RTF_REJECT: u32 = 0x0200;
 
-/// Host-side interface indexes of the veths in the network namespace of `pid`: each
-/// interface whose `iflink` differs from its own index has its peer there. Read through the
-/// container's own `/sys` (mounted in its namespace by the runtime).
-pub fn host_side_veths(pid: u32) -> Result<Vec<u32>> {
-    let net = PathBuf::from(format!("/proc/{pid}/root/sys/class/net"));
-    let mut peers = Vec::new();
-    for entry in fs::read_dir(&net).with_context(|| format!("listing {}", net.display()))? {
-        let dir = entry?.path();
-        let read = |name: &str| -> Option<u32> {
-            fs::read_to_string(dir.join(name)).ok()?.trim().parse().ok()
-        };
-        if let (Some(index), Some(link)) = (read("ifindex"), read("iflink"))
-            && index != link
-            && link != 0
-            && peer_points_back(link, index)
-        {
-            peers.push(link);
-        }
-    }
-    Ok(peers)
-}
-
-/// The container's /sys is its own to forge (or a bind mount of the host's): accept a peer
-/// only if the host's own view agrees that interface `host` is linked to `container`.
-fn peer_points_back(host: u32, container: u32) -> bool {
-    let Ok(name) = netns::interface_name(host) else {
-        return false;
-    };
-    fs::read_to_string(format!("/sys/class/net/{name}/iflink"))
-        .ok()
-        .and_then(|l| l.trim().parse::<u32>().ok())
-        == Some(container)
-}
-
-/// The host's directly connected private subnets (RFC 1918, ULA), from the kernel's routes.
-pub fn connected_private_subnets() -> Result<Vec<IpNet>> {
+/// Every subnet the host reaches directly, of any range.
+pub fn direct_subnets() -> Result<Vec<IpNet>> {
     let mut subnets = Vec::new();
     if let Ok(text) = fs::read_to_string("/proc/net/route") {
-        subnets.extend(private_v4_routes(&text));
+        subnets.extend(direct_v4_routes(&text));
     }
     if let Ok(text) = fs::read_to_string("/proc/net/ipv6_route") {
-        subnets.extend(private_v6_routes(&text));
+        subnets.extend(direct_v6_routes(&text));
     }
     subnets.sort();
     subnets.dedup();
     Ok(subnets)
 }
 
+/// The host's directly reached private subnets (RFC 1918, ULA): its LANs.
+pub fn connected_private_subnets() -> Result<Vec<IpNet>> {
+    Ok(direct_subnets()?
+        .into_iter()
+        .filter(|net| match net.addr() {
+            IpAddr::V4(addr) => addr.is_private(),
+            IpAddr::V6(addr) => (addr.segments()[0] & 0xfe00) == 0xfc00,
+        })
+        .collect())
+}
+
 /// `/proc/net/route`: Iface Destination Gateway Flags RefCnt Use Metric Mask ...
-fn private_v4_routes(text: &str) -> Vec<IpNet> {
+fn direct_v4_routes(text: &str) -> Vec<IpNet> {
     let mut subnets = Vec::new();
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 8 || f[2] != "00000000" || f[1] == "00000000" {
+        if f.len() < 8 || f[0] == "lo" || f[0] == "*" || f[1] == "00000000" {
             continue;
         }
-        let (Ok(dest), Ok(mask)) = (u32::from_str_radix(f[1], 16), u32::from_str_radix(f[7], 16))
-        else {
+        let (Ok(dest), Ok(gateway), Ok(flags), Ok(mask)) = (
+            u32::from_str_radix(f[1], 16),
+            u32::from_str_radix(f[2], 16),
+            u32::from_str_radix(f[3], 16),
+            u32::from_str_radix(f[7], 16),
+        ) else {
             continue;
         };
+        if gateway != 0 || flags & (RTF_GATEWAY | RTF_REJECT) != 0 {
+            continue;
+        }
         let addr = Ipv4Addr::from(u32::from_be(dest));
         let prefix = u32::from_be(mask).count_ones() as u8;
-        if addr.is_private()
-            && let Ok(net) = IpNet::new(IpAddr::V4(addr), prefix)
-        {
+        if let Ok(net) = IpNet::new(IpAddr::V4(addr), prefix) {
             subnets.push(net);
         }
     }
@@ -84,23 +71,27 @@ fn private_v4_routes(text: &str) -> Vec<IpNet> {
 }
 
 /// `/proc/net/ipv6_route`: dest prefix src srcprefix nexthop metric refcnt use flags dev
-fn private_v6_routes(text: &str) -> Vec<IpNet> {
+fn direct_v6_routes(text: &str) -> Vec<IpNet> {
     let mut subnets = Vec::new();
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 10 || f[4] != "0".repeat(32) {
+        if f.len() < 10 || f[4] != "0".repeat(32) || f[9] == "lo" {
             continue;
         }
-        let (Ok(dest), Ok(prefix)) = (u128::from_str_radix(f[0], 16), u8::from_str_radix(f[1], 16))
-        else {
+        let (Ok(dest), Ok(prefix), Ok(flags)) = (
+            u128::from_str_radix(f[0], 16),
+            u8::from_str_radix(f[1], 16),
+            u32::from_str_radix(f[8], 16),
+        ) else {
             continue;
         };
         let addr = Ipv6Addr::from(dest);
-        let unique_local = (addr.segments()[0] & 0xfe00) == 0xfc00;
-        if unique_local
-            && prefix > 0
-            && let Ok(net) = IpNet::new(IpAddr::V6(addr), prefix)
-        {
+        // Link-local and multicast are built in; the default route is not a subnet.
+        let special = addr.segments()[0] & 0xffc0 == 0xfe80 || addr.segments()[0] >> 8 == 0xff;
+        if prefix == 0 || special || flags & (RTF_GATEWAY | RTF_REJECT) != 0 {
+            continue;
+        }
+        if let Ok(net) = IpNet::new(IpAddr::V6(addr), prefix) {
             subnets.push(net);
         }
     }
@@ -122,30 +113,40 @@ mod tests {
     }
 
     #[test]
-    fn routes_through_a_gateway_and_public_subnets_are_left_out() {
+    fn only_unicast_routes_on_a_real_interface_without_a_gateway_count() {
         let v4 = "Iface Destination Gateway Flags RefCnt Use Metric Mask\n\
                   eth0 00000000 0102A8C0 0003 0 0 0 00000000\n\
                   eth0 0002A8C0 00000000 0001 0 0 0 00FFFFFF\n\
                   eth1 00000A0A 00000000 0001 0 0 0 0000FFFF\n\
-                  eth2 007100CB 00000000 0001 0 0 0 00FFFFFF\n\
-                  eth0 0000A8C0 0102A8C0 0003 0 0 0 0000FFFF\n";
+                  br0 007100CB 00000000 0001 0 0 0 00FFFFFF\n\
+                  eth0 0000A8C0 0102A8C0 0003 0 0 0 0000FFFF\n\
+                  * 0000630A 00000000 0201 0 0 0 0000FFFF\n\
+                  lo 0000640A 00000000 0001 0 0 0 0000FFFF\n";
         assert_eq!(
-            private_v4_routes(v4),
+            direct_v4_routes(v4),
             vec![
                 "192.168.2.0/24".parse::<IpNet>().unwrap(),
-                "10.10.0.0/16".parse().unwrap()
-            ]
+                "10.10.0.0/16".parse().unwrap(),
+                "203.0.113.0/24".parse().unwrap(),
+            ],
+            "not through a gateway, not unreachable (flag 0x200, no device), not on lo"
         );
         let zero = "0".repeat(32);
         let v6 = format!(
-            "fd000000000000000000000000000000 40 {zero} 00 {zero} 100 1 0 1 eth0\n\
-             20010db8000000000000000000000000 40 {zero} 00 {zero} 100 1 0 1 eth0\n\
+            "fd000000000000000000000000000000 40 {zero} 00 {zero} 100 1 0 00000001 eth0\n\
+             20010db8000000000000000000000000 40 {zero} 00 {zero} 100 1 0 00000001 eth0\n\
              fd010000000000000000000000000000 40 {zero} 00 fe800000000000000000000000000001 \
-             100 1 0 3 eth0\n"
+             100 1 0 00000003 eth0\n\
+             fd0e0000000000000000000000000000 10 {zero} 00 {zero} 400 1 0 00200200 lo\n\
+             fd0f0000000000000000000000000000 10 {zero} 00 {zero} 400 1 0 00000200 eth0\n\
+             fe800000000000000000000000000000 40 {zero} 00 {zero} 100 1 0 00000001 eth0\n"
         );
         assert_eq!(
-            private_v6_routes(&v6),
-            vec!["fd00::/64".parse::<IpNet>().unwrap()]
+            direct_v6_routes(&v6),
+            vec![
+                "fd00::/64".parse::<IpNet>().unwrap(),
+                "2001:db8::/64".parse().unwrap()
+            ]
         );
     }
 }

@@ -1,15 +1,18 @@
 //! Everything that touches BPF: loading and pinning the programs, the maps, the ring
 //! buffers. The applier ([`crate::reconcile::apply`]) writes through [`Kernel`].
 
+pub mod btf;
 pub mod datapath;
 pub mod events;
 pub mod log;
 pub mod maps;
 pub mod pins;
 
+use std::path::Path;
+
 use anyhow::Result;
 use ipnet::IpNet;
-use netguard_common::{CgroupPolicy, EndpointKey, GatewayState};
+use netguard_common::{CarrierKey, CgroupPolicy, EndpointKey, GatewayState, IfaceKey, NetnsGuard};
 
 pub use self::{datapath::Datapath, maps::Maps};
 use crate::domain::{CgroupId, ContainerId, GatewayId};
@@ -34,15 +37,28 @@ pub trait Kernel {
     fn set_gateway_slot(&mut self, slot: GatewayId, state: GatewayState) -> Result<()>;
     fn endpoints(&self) -> Result<Vec<EndpointKey>>;
     fn write_endpoint(&mut self, key: EndpointKey, add: bool) -> Result<()>;
-    /// Backstop entries: interface -> cgroup.
-    fn backstops(&self) -> Result<Vec<(u32, CgroupId)>>;
-    /// Interfaces with the backstop program attached.
-    fn backstop_links(&self) -> Result<Vec<u32>>;
-    fn set_backstop(&mut self, ifindex: u32, cgroup: CgroupId) -> Result<()>;
-    /// Attaches the program; its entry is already written.
-    fn attach_backstop(&mut self, ifindex: u32) -> Result<()>;
-    /// Detaches the program, then removes its entry.
-    fn detach_backstop(&mut self, ifindex: u32) -> Result<()>;
+    /// Guarded network namespaces: netns cookie -> its guard.
+    fn guards(&self) -> Result<Vec<(u64, NetnsGuard)>>;
+    fn set_guard(&mut self, netns: u64, guard: NetnsGuard) -> Result<()>;
+    fn remove_guard(&mut self, netns: u64) -> Result<()>;
+    /// Guarded namespaces' interfaces: (index, MAC) -> netns cookie.
+    fn guarded_ifaces(&self) -> Result<Vec<(IfaceKey, u64)>>;
+    fn write_guarded_iface(&mut self, key: IfaceKey, cookie: u64, add: bool) -> Result<()>;
+    /// Kernel tunnels' peers the backstop lets out.
+    fn carriers(&self) -> Result<Vec<CarrierKey>>;
+    fn write_carrier(&mut self, key: CarrierKey, add: bool) -> Result<()>;
+    /// Backstop programs attached: (netns cookie, interface index).
+    fn backstop_links(&self) -> Result<Vec<(u64, u32)>>;
+    /// Attaches the backstop on interface `ifindex` of the namespace file `netns`.
+    /// `ethernet` false: the interface has no link-layer header (tun, WireGuard).
+    fn attach_backstop(
+        &mut self,
+        netns: &Path,
+        cookie: u64,
+        ifindex: u32,
+        ethernet: bool,
+    ) -> Result<()>;
+    fn detach_backstop(&mut self, cookie: u64, ifindex: u32) -> Result<()>;
 }
 
 impl Kernel for Datapath {
@@ -92,21 +108,42 @@ impl Kernel for Datapath {
             self.maps.remove_endpoint(key)
         }
     }
-    fn backstops(&self) -> Result<Vec<(u32, CgroupId)>> {
-        self.maps.backstops()
+    fn guards(&self) -> Result<Vec<(u64, NetnsGuard)>> {
+        self.maps.guards()
     }
-    fn backstop_links(&self) -> Result<Vec<u32>> {
+    fn set_guard(&mut self, netns: u64, guard: NetnsGuard) -> Result<()> {
+        self.maps.set_guard(netns, guard)
+    }
+    fn remove_guard(&mut self, netns: u64) -> Result<()> {
+        self.maps.remove_guard(netns)
+    }
+    fn guarded_ifaces(&self) -> Result<Vec<(IfaceKey, u64)>> {
+        self.maps.guarded_ifaces()
+    }
+    fn write_guarded_iface(&mut self, key: IfaceKey, cookie: u64, add: bool) -> Result<()> {
+        self.maps.write_guarded_iface(key, cookie, add)
+    }
+    fn carriers(&self) -> Result<Vec<CarrierKey>> {
+        self.maps.carriers()
+    }
+    fn write_carrier(&mut self, key: CarrierKey, add: bool) -> Result<()> {
+        self.maps.write_carrier(key, add)
+    }
+    fn backstop_links(&self) -> Result<Vec<(u64, u32)>> {
         self.pinned_backstops()
     }
-    fn set_backstop(&mut self, ifindex: u32, cgroup: CgroupId) -> Result<()> {
-        self.maps.set_backstop(ifindex, cgroup)
-    }
-    fn attach_backstop(&mut self, ifindex: u32) -> Result<()> {
-        let outcome = Datapath::attach_backstop(self, ifindex)?;
-        tracing::info!(ifindex, ?outcome, "backstop");
+    fn attach_backstop(
+        &mut self,
+        netns: &Path,
+        cookie: u64,
+        ifindex: u32,
+        ethernet: bool,
+    ) -> Result<()> {
+        let outcome = Datapath::attach_backstop(self, netns, cookie, ifindex, ethernet)?;
+        tracing::info!(netns = %netns.display(), ifindex, ?outcome, "backstop");
         Ok(())
     }
-    fn detach_backstop(&mut self, ifindex: u32) -> Result<()> {
-        Datapath::detach_backstop(self, ifindex)
+    fn detach_backstop(&mut self, cookie: u64, ifindex: u32) -> Result<()> {
+        Datapath::detach_backstop(self, cookie, ifindex)
     }
 }

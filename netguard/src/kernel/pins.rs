@@ -13,8 +13,6 @@ use tracing::info;
 
 use crate::sys;
 
-pub(super) const TRACEFS: &str = "/sys/kernel/tracing";
-pub(super) const TRACEFS_MAGIC: i64 = 0x7472_6163;
 /// The filesystem magic of bpffs.
 pub const BPFFS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -35,6 +33,23 @@ pub fn attach_cgroup_ids(pin_dir: &Path) -> Result<Vec<u64>> {
     ids.sort_unstable();
     ids.dedup();
     Ok(ids)
+}
+
+/// Whether the link pinned at `pin` exists and is attached.
+pub fn link_is_live(pin: &Path) -> bool {
+    PinnedLink::from_pin(pin).is_ok_and(|link| FdLink::from(link).info().is_ok())
+}
+
+/// Whether the raw-socket guard is pinned and live.
+pub fn has_sock_guard(pin_dir: &Path) -> bool {
+    link_is_live(&pin_dir.join("links").join(super::datapath::SOCK_GUARD_PIN))
+}
+
+/// Whether every cgroup program is pinned, and live, on attach cgroup `id`.
+pub fn has_every_cgroup_program(pin_dir: &Path, id: u64) -> bool {
+    super::datapath::CGROUP_PROGRAMS
+        .iter()
+        .all(|program| link_is_live(&pin_dir.join("links").join(format!("cg{id}_{program}"))))
 }
 
 /// Removes everything pinned under `pin_dir`: links first (detaching the programs), then

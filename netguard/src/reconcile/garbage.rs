@@ -65,11 +65,12 @@ pub struct Garbage {
     pub retire: Vec<CgroupId>,
     /// Policy, allowances and counters go.
     pub forget: Vec<CgroupId>,
-    /// Held (unclassified) cgroups no container explained at two full syncs running: not a
-    /// Docker container, so counted only from now on.
-    pub count_only: Vec<CgroupId>,
     /// Held cgroups no container explained at this full sync.
     pub unaccounted: BTreeSet<CgroupId>,
+    /// Held cgroups no container explained at two full syncs running: named like containers
+    /// but not the Docker daemon's (another engine, a second daemon). They stay held —
+    /// everything external blocked — and are reported, for the operator to decide.
+    pub unknown: BTreeSet<CgroupId>,
     /// Instances Docker last said run whose cgroup is gone: they run no more, and own no
     /// backstop (one pointing at a cgroup without a policy would drop everything).
     pub stopped: Vec<CgroupId>,
@@ -77,8 +78,12 @@ pub struct Garbage {
 
 impl Garbage {
     /// Marks the instances found stopped as not running (what Docker said last is stale).
-    pub fn mark_stopped(&self, containers: &mut BTreeMap<ContainerId, Container>) -> bool {
-        let mut changed = false;
+    /// Returns the containers marked.
+    pub fn mark_stopped(
+        &self,
+        containers: &mut BTreeMap<ContainerId, Container>,
+    ) -> Vec<ContainerId> {
+        let mut marked = Vec::new();
         for container in containers.values_mut() {
             if container
                 .running
@@ -86,15 +91,16 @@ impl Garbage {
                 .is_some_and(|i| self.stopped.contains(&i.cgroup))
             {
                 container.running = None;
-                changed = true;
+                marked.push(container.id.clone());
             }
         }
-        changed
+        marked
     }
 }
 
 /// Finds the garbage in `view`. Held cgroups are judged only at a `full_sync`, against the
-/// ones `unaccounted_before` (the previous full sync's).
+/// ones `unaccounted_before` (the previous full sync's): a container being created is
+/// unaccounted for a moment, never at two syncs 30 seconds apart.
 pub fn collect(
     view: &KernelView,
     keep: &Keep,
@@ -118,10 +124,9 @@ pub fn collect(
             continue;
         }
         if full_sync && policy.is_unclassified() && !keep.running.contains(cgroup) {
+            garbage.unaccounted.insert(*cgroup);
             if unaccounted_before.contains(cgroup) {
-                garbage.count_only.push(*cgroup);
-            } else {
-                garbage.unaccounted.insert(*cgroup);
+                garbage.unknown.insert(*cgroup);
             }
         }
     }

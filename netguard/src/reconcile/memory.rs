@@ -1,11 +1,17 @@
 //! The kernel's maps and backstop programs as plain collections: what unit tests run the
 //! whole decision against, without root.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Result, bail};
 use ipnet::IpNet;
-use netguard_common::{CgroupPolicy, Counters, EndpointKey, GatewayState, MAX_GATEWAYS};
+use netguard_common::{
+    CarrierKey, CgroupPolicy, Counters, EndpointKey, GatewayState, IfaceKey, MAX_GATEWAYS,
+    NetnsGuard,
+};
 
 use crate::{
     domain::{CgroupId, ContainerId, GatewayId},
@@ -21,8 +27,11 @@ pub struct MemoryKernel {
     pub registrations: BTreeMap<ContainerId, CgroupPolicy>,
     pub gateways: BTreeMap<u32, GatewayState>,
     pub endpoints: HashSet<EndpointKey>,
-    pub backstops: BTreeMap<u32, CgroupId>,
-    pub links: BTreeSet<u32>,
+    pub guards: BTreeMap<u64, NetnsGuard>,
+    pub carriers: BTreeSet<CarrierKey>,
+    pub guarded_ifaces: BTreeMap<IfaceKey, u64>,
+    /// Backstop programs: (netns cookie, interface) -> the namespace file it was attached by.
+    pub links: BTreeMap<(u64, u32), PathBuf>,
     /// Writes whose journal line contains one of these fail (a full map, say), and are not
     /// journaled.
     pub failing: Vec<String>,
@@ -152,30 +161,69 @@ impl Kernel for MemoryKernel {
         }
         Ok(())
     }
-    fn backstops(&self) -> Result<Vec<(u32, CgroupId)>> {
-        Ok(self.backstops.iter().map(|(i, c)| (*i, *c)).collect())
+    fn guards(&self) -> Result<Vec<(u64, NetnsGuard)>> {
+        Ok(self.guards.iter().map(|(c, g)| (*c, *g)).collect())
     }
-    fn backstop_links(&self) -> Result<Vec<u32>> {
-        Ok(self.links.iter().copied().collect())
-    }
-    fn set_backstop(&mut self, ifindex: u32, cgroup: CgroupId) -> Result<()> {
-        self.write(format!("backstop entry {ifindex} {cgroup}"))?;
-        self.backstops.insert(ifindex, cgroup);
+    fn set_guard(&mut self, netns: u64, guard: NetnsGuard) -> Result<()> {
+        self.write(format!("guard {netns} {}", guard.socketless_cgroup))?;
+        self.guards.insert(netns, guard);
         Ok(())
     }
-    fn attach_backstop(&mut self, ifindex: u32) -> Result<()> {
-        if !self.backstops.contains_key(&ifindex) {
-            bail!("backstop on {ifindex} attached before its entry: it would drop everything");
+    fn remove_guard(&mut self, netns: u64) -> Result<()> {
+        self.write(format!("remove guard {netns}"))?;
+        self.guards.remove(&netns);
+        Ok(())
+    }
+    fn guarded_ifaces(&self) -> Result<Vec<(IfaceKey, u64)>> {
+        Ok(self.guarded_ifaces.iter().map(|(k, c)| (*k, *c)).collect())
+    }
+    fn write_guarded_iface(&mut self, key: IfaceKey, cookie: u64, add: bool) -> Result<()> {
+        self.write(format!(
+            "{} iface {} of {cookie}",
+            if add { "add" } else { "remove" },
+            key.ifindex
+        ))?;
+        if add {
+            self.guarded_ifaces.insert(key, cookie);
+        } else {
+            self.guarded_ifaces.remove(&key);
         }
-        self.write(format!("attach backstop {ifindex}"))?;
-        self.links.insert(ifindex);
         Ok(())
     }
-    fn detach_backstop(&mut self, ifindex: u32) -> Result<()> {
-        self.write(format!("detach backstop {ifindex}"))?;
-        self.links.remove(&ifindex);
-        self.write(format!("remove backstop entry {ifindex}"))?;
-        self.backstops.remove(&ifindex);
+    fn carriers(&self) -> Result<Vec<CarrierKey>> {
+        Ok(self.carriers.iter().copied().collect())
+    }
+    fn write_carrier(&mut self, key: CarrierKey, add: bool) -> Result<()> {
+        self.write(format!(
+            "{} carrier {} port {}",
+            if add { "add" } else { "remove" },
+            key.netns_cookie,
+            key.port
+        ))?;
+        if add {
+            self.carriers.insert(key);
+        } else {
+            self.carriers.remove(&key);
+        }
+        Ok(())
+    }
+    fn backstop_links(&self) -> Result<Vec<(u64, u32)>> {
+        Ok(self.links.keys().copied().collect())
+    }
+    fn attach_backstop(
+        &mut self,
+        netns: &Path,
+        cookie: u64,
+        ifindex: u32,
+        _ethernet: bool,
+    ) -> Result<()> {
+        self.write(format!("attach backstop {cookie} {ifindex}"))?;
+        self.links.insert((cookie, ifindex), netns.to_path_buf());
+        Ok(())
+    }
+    fn detach_backstop(&mut self, cookie: u64, ifindex: u32) -> Result<()> {
+        self.write(format!("detach backstop {cookie} {ifindex}"))?;
+        self.links.remove(&(cookie, ifindex));
         Ok(())
     }
 }

@@ -13,14 +13,19 @@ pub mod memory;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::PathBuf,
+};
 
 use ipnet::IpNet;
+use netguard_common::CarrierKey;
 
 pub use self::gateways::GatewayChoice;
 use crate::{
     config::INSTANCES_KEPT,
-    domain::{CgroupId, ContainerId, Endpoint, TunnelInterface},
+    domain::{CgroupId, ContainerId, Endpoint, Mac, TunnelInterface, carrier_key},
     labels::ContainerLabels,
 };
 
@@ -79,17 +84,33 @@ impl Container {
 pub struct Instance {
     pub pid: u32,
     pub cgroup: CgroupId,
-    /// Host-side ends of the veths in its network namespace.
-    pub veths: Vec<u32>,
+    /// Its network namespace; `None` when it could not be read.
+    pub netns: Option<Netns>,
+}
+
+/// A network namespace, as the host sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Netns {
+    /// `bpf_get_netns_cookie`'s value for it.
+    pub cookie: u64,
+    /// A file to enter it by (`/proc/<pid>/ns/net`, `/run/netns/<name>`).
+    pub path: PathBuf,
+    /// Its Ethernet interfaces: index -> MAC address.
+    pub interfaces: BTreeMap<u32, Mac>,
+    /// It is the host's own (`--network host`).
+    pub host: bool,
 }
 
 /// What the tunnel health rounds last said about a gateway container.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tunnel {
     /// Its tunnel interface, found in its network namespace.
     pub interface: Option<TunnelInterface>,
     /// Healthy, after hysteresis.
     pub up: bool,
+    /// Where a kernel tunnel's encrypted packets go (kernel WireGuard's peers): they keep
+    /// the socket of the packet they carry, so the backstop is told to let them out.
+    pub carriers: BTreeSet<SocketAddr>,
 }
 
 /// What the static configuration protects.
@@ -99,6 +120,11 @@ pub struct StaticPolicy {
     pub internal: Vec<IpNet>,
     pub gateways: Vec<StaticGateway>,
     pub cgroups: Vec<StaticCgroup>,
+    /// The host's interfaces that carry the backstop (`backstop_host_interfaces`); `None`:
+    /// every one.
+    pub host_interfaces: Option<Vec<String>>,
+    /// The cookie of the host's network namespace (the agent's own).
+    pub host_netns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,8 +143,8 @@ pub struct StaticCgroup {
     pub id: CgroupId,
     pub gateway: Option<String>,
     pub allow: Vec<IpNet>,
-    /// Host-side interfaces of its network namespace.
-    pub backstops: Vec<u32>,
+    /// Its network namespace, to guard with the backstop (`backstop_netns`).
+    pub netns: Option<Netns>,
 }
 
 /// Everything [`decide`] looks at.
@@ -166,6 +192,17 @@ pub struct GatewayPlan {
     pub up: bool,
 }
 
+/// A network namespace whose interfaces carry the backstop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuardPlan {
+    pub netns: PathBuf,
+    /// Index -> MAC address.
+    pub interfaces: BTreeMap<u32, Mac>,
+    /// The protected cgroup whose policy judges what the kernel sends there without a
+    /// process's socket; `None` in the host's namespace (the host is never blocked).
+    pub socketless: Option<CgroupId>,
+}
+
 /// A container's policy and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -184,8 +221,11 @@ pub struct DesiredState {
     pub registrations: BTreeMap<ContainerId, Policy>,
     /// Running containers' and static cgroups' policies.
     pub policies: BTreeMap<CgroupId, Policy>,
-    /// Host-side interface -> the cgroup whose policy judges the frames leaving through it.
-    pub backstops: BTreeMap<u32, CgroupId>,
+    /// Network namespaces with a protected process, by cookie: their interfaces carry the
+    /// backstop, which judges every frame by its sender's policy.
+    pub guards: BTreeMap<u64, GuardPlan>,
+    /// Kernel tunnels' carriers the backstop lets out of their namespace.
+    pub carriers: BTreeSet<CarrierKey>,
     /// Each container's decision.
     pub decisions: BTreeMap<ContainerId, Decision>,
     /// What the operator should know about the decision (each said once).
@@ -229,8 +269,16 @@ pub fn decide(snapshot: &Snapshot<'_>) -> DesiredState {
             .running
             .as_ref()
             .and_then(|_| snapshot.tunnels.get(&gateway.id))
-            .copied()
+            .cloned()
             .unwrap_or_default();
+        if let Some(interface) = tunnel.interface {
+            desired.carriers.extend(
+                tunnel
+                    .carriers
+                    .iter()
+                    .map(|to| carrier_key(interface.netns_cookie, *to)),
+            );
+        }
         desired.gateways.insert(
             gateway.name.clone(),
             GatewayPlan {
@@ -241,8 +289,6 @@ pub fn decide(snapshot: &Snapshot<'_>) -> DesiredState {
         );
     }
 
-    // Backstop candidates: every protected cgroup whose namespace leaves through the veth.
-    let mut owners: BTreeMap<u32, BTreeSet<CgroupId>> = BTreeMap::new();
     for container in snapshot.containers.values() {
         let gateway = gateways::choose(container, snapshot.containers);
         let policy = if container.labels.protected {
@@ -255,10 +301,10 @@ pub fn decide(snapshot: &Snapshot<'_>) -> DesiredState {
         };
         if let Some(instance) = &container.running {
             desired.policies.insert(instance.cgroup, policy.clone());
-            if policy.is_protected() {
-                for veth in &instance.veths {
-                    owners.entry(*veth).or_default().insert(instance.cgroup);
-                }
+            if policy.is_protected()
+                && let Some(netns) = &instance.netns
+            {
+                guard(&mut desired.guards, netns, instance.cgroup);
             }
         }
         desired
@@ -274,15 +320,23 @@ pub fn decide(snapshot: &Snapshot<'_>) -> DesiredState {
             allow: cgroup.allow.iter().map(IpNet::trunc).collect(),
         };
         desired.policies.insert(cgroup.id, policy);
-        for ifindex in &cgroup.backstops {
-            owners.entry(*ifindex).or_default().insert(cgroup.id);
+        if let Some(netns) = &cgroup.netns {
+            guard(&mut desired.guards, netns, cgroup.id);
         }
     }
-    // Several protected containers in one namespace: any of their policies is as strict for
-    // frames the socket hooks never saw; the lowest cgroup id keeps the choice stable.
-    desired.backstops = owners
-        .into_iter()
-        .filter_map(|(ifindex, cgroups)| Some((ifindex, *cgroups.first()?)))
-        .collect();
     desired
+}
+
+/// Guards `netns`, where protected cgroup `cgroup` sends from. Several protected containers
+/// in one namespace: any of their policies is as strict for what the kernel sends there; the
+/// lowest cgroup id keeps the choice stable.
+fn guard(guards: &mut BTreeMap<u64, GuardPlan>, netns: &Netns, cgroup: CgroupId) {
+    let plan = guards.entry(netns.cookie).or_insert_with(|| GuardPlan {
+        netns: netns.path.clone(),
+        interfaces: netns.interfaces.clone(),
+        socketless: None,
+    });
+    if !netns.host {
+        plan.socketless = Some(plan.socketless.map_or(cgroup, |c| c.min(cgroup)));
+    }
 }

@@ -4,9 +4,10 @@
 //! counters, which stay in the kernel's maps and are read at scrape time.
 
 mod status;
+mod unknown;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, VecDeque},
     path::PathBuf,
     sync::{
         Mutex, RwLock,
@@ -18,7 +19,10 @@ use std::{
 use netguard_common::Counters;
 use tokio::sync::broadcast;
 
-pub use self::status::{gateways, status_from_pins};
+pub use self::{
+    status::{gateways, status_from_pins},
+    unknown::UnknownCgroup,
+};
 use crate::{
     api::{BlockedFlowRecord, Readiness},
     cgroup::{CgroupId, Hierarchy, container_of_path},
@@ -59,6 +63,11 @@ pub struct ContainerFacts {
     /// The running instance's cgroup path (to tell whether an attached cgroup covers it).
     pub cgroup_path: Option<PathBuf>,
     pub running: bool,
+    /// Docker's `--privileged`: it can leave its cgroup and undo netguard's programs, so it
+    /// is never called protected.
+    pub privileged: bool,
+    /// Its label problems.
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -75,6 +84,10 @@ struct Inventory {
     containers: HashMap<ContainerId, KnownContainer>,
     owner: HashMap<CgroupId, ContainerId>,
     static_cgroups: Vec<StaticCgroup>,
+    /// Cgroups named like containers that the Docker daemon does not know.
+    unknown: Vec<UnknownCgroup>,
+    /// Protected containers' cgroups frozen because their policy could not be written.
+    frozen: BTreeSet<CgroupId>,
 }
 
 /// Shared by the watcher, the event reader and the HTTP server.
@@ -119,6 +132,15 @@ impl Report {
 
     pub fn set_static_cgroups(&self, cgroups: Vec<StaticCgroup>) {
         self.inventory.write().unwrap().static_cgroups = cgroups;
+    }
+
+    /// The held cgroups named like containers that Docker does not know.
+    pub fn set_frozen(&self, frozen: BTreeSet<CgroupId>) {
+        self.inventory.write().unwrap().frozen = frozen;
+    }
+
+    pub fn set_unknown(&self, unknown: Vec<UnknownCgroup>) {
+        self.inventory.write().unwrap().unknown = unknown;
     }
 
     /// Records what Docker said about a container; `cgroup` is its running instance's.

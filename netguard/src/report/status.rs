@@ -7,7 +7,7 @@ use std::{collections::HashMap, path::Path};
 use anyhow::Result;
 use netguard_common::{CgroupPolicy, Counters};
 
-use super::{ContainerFacts, Report, StaticCgroup};
+use super::{ContainerFacts, Report};
 use crate::{
     api::{BlockedFlowRecord, ContainerStatus, CounterSet, GatewayStatus},
     cgroup::{CgroupId, Hierarchy, container_of_path},
@@ -23,10 +23,12 @@ impl Report {
         self.expire();
         // Copied out, so that the map reads below do not hold up the watcher.
         type Known = (ContainerId, ContainerFacts, Vec<CgroupId>, Option<Counters>);
-        let (statics, known): (Vec<StaticCgroup>, Vec<Known>) = {
+        let (statics, unknown, frozen, known) = {
             let inventory = self.inventory.read().unwrap();
             (
                 inventory.static_cgroups.clone(),
+                inventory.unknown.clone(),
+                inventory.frozen.clone(),
                 inventory
                     .containers
                     .iter()
@@ -38,7 +40,7 @@ impl Report {
                             k.removed.map(|(_, last)| last),
                         )
                     })
-                    .collect(),
+                    .collect::<Vec<Known>>(),
             )
         };
         let policies: HashMap<CgroupId, bool> = maps
@@ -76,37 +78,54 @@ impl Report {
             mine.split_off(mine.len().saturating_sub(RECENT_PER_CONTAINER))
         };
 
-        let mut out = Vec::with_capacity(statics.len() + known.len());
+        let mut out = Vec::with_capacity(statics.len() + unknown.len() + known.len());
         for cgroup in &statics {
-            out.push(ContainerStatus {
-                name: cgroup.name.clone(),
-                id: String::new(),
-                image: String::new(),
-                compose_project: String::new(),
-                compose_service: String::new(),
-                vpn_required: true,
-                protected: policies.get(&cgroup.id).copied().unwrap_or(false),
-                vpn_gateway: false,
-                gateway: None,
-                running: true,
-                removed: false,
-                cgroups: vec![cgroup.id],
-                counters: CounterSet::from(&counters_of(Some(&cgroup.id))?),
-                recent_blocked: recent_of(&[cgroup.id]),
-            });
+            let mut status = ContainerStatus::bare(cgroup.name.clone(), cgroup.id);
+            status.vpn_required = true;
+            status.protected = policies.get(&cgroup.id).copied().unwrap_or(false);
+            status.counters = CounterSet::from(&counters_of(Some(&cgroup.id))?);
+            status.recent_blocked = recent_of(&[cgroup.id]);
+            out.push(status);
         }
-        for (id, facts, cgroups, removed) in known {
-            let protected = match (facts.running, cgroups.last()) {
-                (true, Some(cgroup)) => {
-                    policies.get(cgroup).copied().unwrap_or(false)
-                        && facts
-                            .cgroup_path
-                            .as_deref()
-                            .is_some_and(|path| self.covered(path))
-                }
-                // Not running: what its next instance gets.
-                _ => removed.is_none() && registered.get(&id).copied().unwrap_or(false),
-            };
+        for unknown in unknown {
+            let cgroup = unknown.cgroup;
+            let mut status = ContainerStatus::bare(unknown.path.clone(), cgroup);
+            status.id = container_of_path(&unknown.path)
+                .map(|id| id.to_string())
+                .unwrap_or_default();
+            status.unknown = true;
+            status.counters = CounterSet::from(&counters_of(Some(&cgroup))?);
+            status.recent_blocked = recent_of(&[cgroup]);
+            status.problems.push(unknown.problem());
+            out.push(status);
+        }
+        for (id, mut facts, cgroups, removed) in known {
+            if facts.privileged && facts.vpn_required {
+                facts.problems.push(
+                    "privileged: it can leave its cgroup and undo netguard's programs, so it is \
+                     never protected; drop --privileged"
+                        .into(),
+                );
+            }
+            if facts.running && cgroups.last().is_some_and(|c| frozen.contains(c)) {
+                facts.problems.push(
+                    "its policy could not be written (is the policy map full?): frozen, so it \
+                     sends nothing, until it can be"
+                        .into(),
+                );
+            }
+            let protected = !facts.privileged
+                && match (facts.running, cgroups.last()) {
+                    (true, Some(cgroup)) => {
+                        policies.get(cgroup).copied().unwrap_or(false)
+                            && facts
+                                .cgroup_path
+                                .as_deref()
+                                .is_some_and(|path| self.covered(path))
+                    }
+                    // Not running: what its next instance gets.
+                    _ => removed.is_none() && registered.get(&id).copied().unwrap_or(false),
+                };
             // The current (or last) instance's: a restart starts them from zero, as cAdvisor's
             // do, which Prometheus reads as a counter reset. A sum over instances would drop
             // when an agent restart forgets the older ones, and be read as a false reset.
@@ -129,6 +148,8 @@ impl Report {
                 recent_blocked: recent_of(&cgroups),
                 cgroups,
                 counters: CounterSet::from(&counters),
+                unknown: false,
+                problems: facts.problems,
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
@@ -182,24 +203,17 @@ pub fn status_from_pins(
             .as_ref()
             .and_then(|id| registered.get(id))
             .map_or(policy.is_protected(), CgroupPolicy::is_protected);
-        containers.push(ContainerStatus {
-            name: path
-                .clone()
-                .unwrap_or_else(|| format!("cgroup {cgroup} (gone)")),
-            id: id.map(|id| id.as_str().to_string()).unwrap_or_default(),
-            image: String::new(),
-            compose_project: String::new(),
-            compose_service: String::new(),
-            vpn_required,
-            protected: policy.is_protected() && covered,
-            vpn_gateway: false,
-            gateway: slots.get(&policy.gateway).cloned(),
-            running: path.is_some(),
-            removed: false,
-            cgroups: vec![cgroup],
-            counters: CounterSet::from(&maps.counters(cgroup)?.unwrap_or_default()),
-            recent_blocked: Vec::new(),
-        });
+        let name = path
+            .clone()
+            .unwrap_or_else(|| format!("cgroup {cgroup} (gone)"));
+        let mut status = ContainerStatus::bare(name, cgroup);
+        status.id = id.map(|id| id.as_str().to_string()).unwrap_or_default();
+        status.vpn_required = vpn_required;
+        status.protected = policy.is_protected() && covered;
+        status.gateway = slots.get(&policy.gateway).cloned();
+        status.running = path.is_some();
+        status.counters = CounterSet::from(&maps.counters(cgroup)?.unwrap_or_default());
+        containers.push(status);
     }
     containers.sort_by(|a, b| a.name.cmp(&b.name));
     Ok((gateways, containers))

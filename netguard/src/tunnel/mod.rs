@@ -7,6 +7,7 @@
 //! transitions themselves are counted where they take effect: in the gateway's kernel slot.
 
 pub mod probe;
+pub mod wireguard;
 
 use std::{net::SocketAddr, time::Duration};
 

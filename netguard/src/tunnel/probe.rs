@@ -3,6 +3,7 @@
 //! watcher runs each round off its event loop.
 
 use std::{
+    collections::BTreeSet,
     io::{self, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     os::unix::net::UnixStream,
@@ -10,7 +11,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::{Evidence, HealthPolicy, Source};
+use super::{Evidence, HealthPolicy, Source, wireguard};
 use crate::{
     config::HEALTH_CHECK_TIMEOUT,
     domain::{ContainerId, TunnelInterface},
@@ -34,18 +35,48 @@ pub struct HealthJob {
 pub struct HealthRound {
     pub id: ContainerId,
     pub tunnel: FoundTunnel,
+    /// Where the tunnel's encrypted packets go, if it is kernel WireGuard; `None` when the
+    /// kernel could not be asked this round (what was known stands).
+    pub carriers: Option<BTreeSet<SocketAddr>>,
     pub evidence: Vec<(&'static str, Evidence)>,
 }
 
 impl HealthJob {
     pub fn run(self) -> HealthRound {
         let tunnel = find_tunnel(self.pid, &self.names);
+        let carriers = match &tunnel {
+            Some((t, _)) => kernel_carriers(self.pid, t.ifindex),
+            None => Some(BTreeSet::new()),
+        };
         let interface = tunnel.as_ref().map(|(_, name)| name.as_str());
         let evidence = probe_sources(&self.policy, self.pid, interface, self.docker_healthy);
         HealthRound {
             id: self.id,
             tunnel,
+            carriers,
             evidence,
+        }
+    }
+}
+
+/// The peers of tunnel `ifindex` in the network namespace of `pid`, if it is kernel
+/// WireGuard (a userspace tunnel sends from its own socket, which needs nothing); `None`
+/// when the kernel could not be asked.
+fn kernel_carriers(pid: u32, ifindex: u32) -> Option<BTreeSet<SocketAddr>> {
+    if !wireguard::available() {
+        return Some(BTreeSet::new());
+    }
+    let device = netns::run_in(&netns::of_process(pid), || wireguard::device(ifindex));
+    match device {
+        Ok(Ok(Some(device))) => Some(device.endpoints().collect()),
+        Ok(Ok(None)) => Some(BTreeSet::new()),
+        Ok(Err(error)) | Err(error) => {
+            tracing::warn!(
+                pid,
+                ifindex,
+                "reading the kernel WireGuard device: {error:#} (its peers stay as they were)"
+            );
+            None
         }
     }
 }

@@ -104,6 +104,11 @@ impl Setup {
     /// protected client (`from_sibling` false) or the unprotected sibling; returns the probe's
     /// report (AF_PACKET's sendto succeeds either way: the verdict is on the wire).
     pub fn raw_frame_to_internet(&self, from_sibling: bool) -> ProbeResult {
+        self.raw_frame(from_sibling, 7777, &[])
+    }
+
+    /// The same to `port`, with the probe's `modes` (`dgram`, `bypass`, `ring`).
+    pub fn raw_frame(&self, from_sibling: bool, port: u16, modes: &[&str]) -> ProbeResult {
         let (netns, cgroup, router_side, src) = if from_sibling {
             (&self.lab.sibling, &self.sibling, "to-sib", addr(SIBLING_V4))
         } else {
@@ -115,7 +120,9 @@ impl Setup {
             )
         };
         let mac = self.lab.router.mac(router_side);
-        let args = ["raw-frame", "eth0", &mac, &src, &addr(INTERNET_V4), "7777"];
+        let (internet, port) = (addr(INTERNET_V4), port.to_string());
+        let mut args = vec!["raw-frame", "eth0", &mac, &src, &internet, &port];
+        args.extend(modes);
         probe(netns, Some(cgroup), &args)
     }
 
@@ -190,7 +197,10 @@ fn config(
         text += "gateway = \"vpn\"\n";
     }
     if options.backstop {
-        text += &format!("backstop_interfaces = [{CLIENT_HOST_SIDE:?}]\n");
+        text += &format!(
+            "backstop_netns = {:?}\n",
+            lab.client.path().display().to_string()
+        );
     }
     text
 }

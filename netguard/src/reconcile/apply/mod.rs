@@ -5,13 +5,17 @@
 //! [`Kernel`].
 
 mod backstops;
+mod carriers;
 mod gateways;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use anyhow::Result;
 use ipnet::IpNet;
-use netguard_common::{CgroupPolicy, EndpointKey, GatewayState, POLICY_PROTECTED, SCOPE_GLOBAL};
+use netguard_common::{
+    CarrierKey, CgroupPolicy, EndpointKey, GatewayState, IfaceKey, NetnsGuard, POLICY_PROTECTED,
+    SCOPE_GLOBAL,
+};
 
 use super::{DesiredState, Policy, garbage::Garbage};
 use crate::{
@@ -51,6 +55,9 @@ pub struct TunnelChange {
 pub struct Applied {
     pub failures: Vec<Failure>,
     pub tunnel_changes: Vec<TunnelChange>,
+    /// Protected cgroups whose policy could not be written (a full map): nothing enforces
+    /// them, so the watcher freezes them.
+    pub unwritten: BTreeSet<CgroupId>,
 }
 
 impl Applied {
@@ -70,12 +77,15 @@ struct Mirror {
     registrations: BTreeMap<ContainerId, CgroupPolicy>,
     gateways: BTreeMap<String, (GatewayId, GatewayState)>,
     endpoints: HashMap<u32, HashSet<EndpointKey>>,
-    backstops: BTreeMap<u32, CgroupId>,
-    /// Backstop programs this agent attached or adopted.
-    links: BTreeSet<u32>,
+    guards: BTreeMap<u64, NetnsGuard>,
+    /// Guarded namespaces' interfaces: (index, MAC) -> netns cookie.
+    ifaces: BTreeMap<IfaceKey, u64>,
+    carriers: BTreeSet<CarrierKey>,
+    /// Backstop programs this agent attached or adopted: (netns cookie, interface).
+    links: BTreeSet<(u64, u32)>,
     /// Backstop programs pinned before this agent started: adopted (or replaced by this
     /// build's program) when next wanted, detached when not.
-    inherited: BTreeSet<u32>,
+    inherited: BTreeSet<(u64, u32)>,
 }
 
 /// Writes desired states into a [`Kernel`], remembering what it wrote.
@@ -103,7 +113,9 @@ impl Applier {
         let mut mirror = Mirror {
             policies: kernel.policies()?.into_iter().collect(),
             registrations: kernel.registrations()?.into_iter().collect(),
-            backstops: kernel.backstops()?.into_iter().collect(),
+            guards: kernel.guards()?.into_iter().collect(),
+            carriers: kernel.carriers()?.into_iter().collect(),
+            ifaces: kernel.guarded_ifaces()?.into_iter().collect(),
             links,
             inherited,
             ..Mirror::default()
@@ -159,7 +171,8 @@ impl Applier {
         for (cgroup, policy) in &desired.policies {
             self.write_policy(kernel, *cgroup, policy, &mut applied);
         }
-        self.apply_backstops(&desired.backstops, kernel, prune, &mut applied);
+        self.apply_guards(&desired.guards, kernel, prune, &mut applied);
+        self.apply_carriers(&desired.carriers, kernel, prune, &mut applied);
         if prune == Prune::Yes {
             let stale: Vec<ContainerId> = self
                 .mirror
@@ -195,9 +208,6 @@ impl Applier {
     /// Removes the entries of cgroups that are gone, as [`super::garbage::collect`] found.
     pub fn collect(&mut self, garbage: &Garbage, kernel: &mut impl Kernel) -> Applied {
         let mut applied = Applied::default();
-        for cgroup in &garbage.count_only {
-            self.write_policy(kernel, *cgroup, &Policy::CountOnly, &mut applied);
-        }
         for cgroup in garbage.retire.iter().chain(&garbage.forget) {
             if let Err(error) = self.remove_policy(kernel, *cgroup) {
                 applied.fail(format!("cgroup {cgroup}"), error);
@@ -266,6 +276,16 @@ impl Applier {
             }
         };
         if let Err(error) = result {
+            // Unenforced only if the kernel has no protected entry at all (an older one of
+            // another gateway still blocks everything else).
+            let enforced = self
+                .mirror
+                .policies
+                .get(&cgroup)
+                .is_some_and(CgroupPolicy::is_protected);
+            if policy.is_protected() && !enforced {
+                applied.unwritten.insert(cgroup);
+            }
             applied.fail(format!("cgroup {cgroup}"), error);
         }
     }

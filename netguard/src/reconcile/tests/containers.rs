@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use netguard_common::{Counters, SCOPE_GLOBAL};
 
-use super::{GATEWAY, PROTECTED, World, id, net};
+use super::{GATEWAY, PROTECTED, World, cookie, id, net, netns};
 use crate::{
     config::INSTANCES_KEPT,
     domain::CgroupId,
@@ -37,20 +37,18 @@ fn a_labeled_container_is_protected_and_an_unlabeled_one_counted_only() {
         w.kernel.scope(SCOPE_GLOBAL),
         BTreeSet::from([net("127.0.0.0/8"), net("172.17.0.0/16")])
     );
-    // Only the protected container's veth gets a backstop, entry before program.
-    assert_eq!(w.kernel.backstops, BTreeMap::from([(21, 11)]));
-    assert_eq!(w.kernel.links, BTreeSet::from([21]));
-    let entry = w
-        .kernel
-        .journal
+    // Only the protected container's namespace is guarded: the program on every interface
+    // first, then the guard entry (which lets AF_PACKET sockets be opened there).
+    assert_eq!(w.guards(), BTreeMap::from([(cookie(21), 11)]));
+    assert_eq!(w.links(), BTreeSet::from([(cookie(21), 2)]));
+    let journal = &w.kernel.journal;
+    let attach = journal
         .iter()
-        .position(|l| l == "backstop entry 21 11");
-    let attach = w
-        .kernel
-        .journal
+        .position(|l| *l == format!("attach backstop {} 2", cookie(21)));
+    let guard = journal
         .iter()
-        .position(|l| l == "attach backstop 21");
-    assert!(entry < attach, "{:?}", w.kernel.journal);
+        .position(|l| *l == format!("guard {} 11", cookie(21)));
+    assert!(attach.is_some() && attach < guard, "{journal:?}");
 }
 
 #[test]
@@ -75,7 +73,7 @@ fn a_second_apply_of_the_same_facts_writes_nothing() {
     let relinked: Vec<&String> = w.kernel.journal[writes..].iter().collect();
     assert_eq!(
         relinked,
-        ["attach backstop 20"],
+        [&format!("attach backstop {} 2", cookie(20))],
         "only the inherited backstop program is adopted again (or replaced by this build's)"
     );
 }
@@ -90,7 +88,7 @@ fn a_crash_loop_remembers_a_bounded_number_of_instances_and_collects_the_rest() 
         w.container('a').started(Instance {
             pid: 7,
             cgroup,
-            veths: vec![21],
+            netns: Some(netns(21)),
         });
         w.apply();
         w.collect(&[cgroup]);
@@ -107,28 +105,6 @@ fn a_crash_loop_remembers_a_bounded_number_of_instances_and_collects_the_rest() 
     let remembered: BTreeSet<CgroupId> = container.instances.iter().copied().collect();
     assert!(counted.is_subset(&remembered), "{counted:?}");
     assert_eq!(counted.len(), INSTANCES_KEPT - 1);
-}
-
-#[test]
-fn a_container_moved_between_networks_moves_its_backstop_and_the_internal_networks() {
-    let mut w = World::new();
-    w.run('a', "qbittorrent", &[PROTECTED], 11, 21);
-    w.apply();
-    assert_eq!(w.kernel.links, BTreeSet::from([21]));
-    // docker network disconnect bridge; docker network connect media (a new veth).
-    w.container('a').running.as_mut().unwrap().veths = vec![31];
-    w.discovered = vec![net("172.20.0.0/16")];
-    w.apply();
-    assert_eq!(w.kernel.links, BTreeSet::from([31]));
-    assert_eq!(w.kernel.backstops, BTreeMap::from([(31, 11)]));
-    let global = w.kernel.scope(SCOPE_GLOBAL);
-    assert!(global.contains(&net("172.20.0.0/16")) && !global.contains(&net("172.17.0.0/16")));
-    let detach = w
-        .kernel
-        .journal
-        .iter()
-        .position(|l| l == "detach backstop 21");
-    assert!(detach.is_some(), "{:?}", w.kernel.journal);
 }
 
 #[test]
@@ -188,7 +164,7 @@ fn a_destroyed_container_is_unregistered_and_its_cgroups_forgotten_once_gone() {
     w.containers.remove(&id('a'));
     w.apply();
     assert!(w.kernel.registrations.is_empty());
-    assert!(w.kernel.links.is_empty() && w.kernel.backstops.is_empty());
+    assert!(w.links().is_empty() && w.guards().is_empty());
     // Its cgroup still exists a moment: the entry stays until the kernel says it is gone.
     w.collect(&[11]);
     assert!(w.kernel.policies.contains_key(&11));
@@ -210,17 +186,20 @@ fn static_cgroups_and_gateways_coexist_with_docker_and_survive_pruning() {
         id: 50,
         gateway: Some("vpn".into()),
         allow: vec![net("10.0.0.0/8")],
-        backstops: vec![60],
+        netns: Some(netns(60)),
     });
     w.run('a', "app", &[PROTECTED], 11, 21);
     w.apply();
     assert_eq!(w.policy(50), Some((true, Some("vpn".into()))));
-    assert_eq!(w.kernel.backstops, BTreeMap::from([(21, 11), (60, 50)]));
+    assert_eq!(
+        w.guards(),
+        BTreeMap::from([(cookie(21), 11), (cookie(60), 50)])
+    );
     w.containers.clear();
     w.apply();
     w.collect(&[50]);
     assert_eq!(w.policy(50), Some((true, Some("vpn".into()))));
-    assert_eq!(w.kernel.links, BTreeSet::from([60]));
+    assert_eq!(w.links(), BTreeSet::from([(cookie(60), 2)]));
 }
 
 #[test]
@@ -241,7 +220,7 @@ fn without_pruning_what_an_earlier_agent_registered_stays() {
     applier.apply(&desired, &mut w.kernel, Prune::No, 5);
     assert_eq!(w.registration('a'), Some((true, Some("gluetun".into()))));
     assert!(w.kernel.gateway("gluetun").is_some());
-    assert_eq!(w.kernel.links, BTreeSet::from([21]));
+    assert_eq!(w.links(), BTreeSet::from([(cookie(21), 2)]));
 }
 
 #[test]
@@ -256,10 +235,28 @@ fn a_failed_policy_write_is_reported_and_the_rest_is_written() {
     assert_eq!(applied.failures[0].subject, "cgroup 11");
     assert!(applied.failures[0].error.to_string().contains("full"));
     assert_eq!(w.policy(12), Some((true, None)));
+    assert_eq!(
+        applied.unwritten,
+        BTreeSet::from([11]),
+        "nothing enforces cgroup 11: the watcher freezes it"
+    );
     // Retried at the next apply once the map has room.
     w.kernel.failing.clear();
-    w.apply();
+    let applied = w.apply();
     assert_eq!(w.policy(11), Some((true, None)));
+    assert!(applied.unwritten.is_empty());
+
+    // A cgroup the classifier already holds is enforced even if its update fails.
+    w.run('c', "held", &[PROTECTED], 13, 23);
+    w.kernel
+        .policies
+        .insert(13, netguard_common::CgroupPolicy::UNCLASSIFIED);
+    w.applier.reload(&w.kernel).unwrap();
+    w.kernel.failing.push("policy 13 ".into());
+    let desired = w.decide();
+    let applied = w.applier.apply(&desired, &mut w.kernel, Prune::Yes, 2);
+    assert_eq!(applied.failures.len(), 1);
+    assert!(applied.unwritten.is_empty(), "held, so enforced");
 }
 
 #[test]
@@ -294,40 +291,4 @@ fn a_failed_removal_of_an_internal_network_adds_nothing_new() {
     w.kernel.failing.clear();
     w.apply();
     assert!(!w.kernel.scope(SCOPE_GLOBAL).contains(&net("172.17.0.0/16")));
-}
-
-#[test]
-fn an_instance_whose_cgroup_is_gone_owns_no_backstop() {
-    let mut w = World::new();
-    // qbittorrent (protected) shares gluetun's namespace, and so its veth.
-    w.run('f', "gluetun", &[GATEWAY], 10, 20);
-    w.run('a', "qbittorrent", &[PROTECTED], 11, 20);
-    w.apply();
-    assert_eq!(w.kernel.backstops, BTreeMap::from([(20, 11)]));
-    // Its cgroup is gone before Docker's die event is read.
-    w.collect(&[10]);
-    assert!(!w.kernel.policies.contains_key(&11));
-    w.apply();
-    assert!(
-        w.kernel.backstops.is_empty() && w.kernel.links.is_empty(),
-        "the gateway's veth is not judged by a policy that is gone: {:?}",
-        w.kernel.backstops
-    );
-}
-
-#[test]
-fn a_failed_detach_is_retried_and_the_program_attached_again_when_wanted() {
-    let mut w = World::new();
-    w.run('a', "app", &[PROTECTED], 11, 21);
-    w.apply();
-    w.container('a').running.as_mut().unwrap().veths = vec![];
-    w.kernel.failing.push("remove backstop entry 21".into());
-    let desired = w.decide();
-    let applied = w.applier.apply(&desired, &mut w.kernel, Prune::Yes, 1);
-    assert_eq!(applied.failures.len(), 1);
-    w.kernel.failing.clear();
-    w.container('a').running.as_mut().unwrap().veths = vec![21];
-    w.apply();
-    assert_eq!(w.kernel.links, BTreeSet::from([21]), "attached again");
-    assert_eq!(w.kernel.backstops, BTreeMap::from([(21, 11)]));
 }

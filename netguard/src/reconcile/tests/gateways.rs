@@ -259,3 +259,51 @@ fn a_container_gateway_named_like_a_configured_one_is_reported_and_the_configura
     assert_eq!(desired.problems.len(), 1, "{:?}", desired.problems);
     assert!(desired.problems[0].contains("rename"));
 }
+
+#[test]
+fn a_kernel_tunnels_peers_are_let_out_of_its_namespace_and_follow_server_changes() {
+    let mut w = World::new();
+    w.run('f', "gluetun", &[GATEWAY], 10, 20);
+    w.run('a', "qbittorrent", &[PROTECTED], 11, 20);
+    w.tunnel('f', true);
+    let cookie = w.tunnels[&id('f')].interface.unwrap().netns_cookie;
+    let first: std::net::SocketAddr = "198.51.100.9:51820".parse().unwrap();
+    w.tunnels.get_mut(&id('f')).unwrap().carriers = BTreeSet::from([first]);
+    w.apply();
+    let keys = |w: &World| -> BTreeSet<(u64, u16, [u8; 4])> {
+        w.kernel
+            .carriers
+            .iter()
+            .map(|k| (k.netns_cookie, k.port, k.addr[..4].try_into().unwrap()))
+            .collect()
+    };
+    assert_eq!(
+        keys(&w),
+        BTreeSet::from([(cookie, 51820, [198, 51, 100, 9])])
+    );
+
+    // Gluetun picks another server: the old one goes before the new one is let out.
+    let second: std::net::SocketAddr = "203.0.113.4:1637".parse().unwrap();
+    w.tunnels.get_mut(&id('f')).unwrap().carriers = BTreeSet::from([second]);
+    w.kernel.journal.clear();
+    w.apply();
+    assert_eq!(keys(&w), BTreeSet::from([(cookie, 1637, [203, 0, 113, 4])]));
+    let order: Vec<&String> = w
+        .kernel
+        .journal
+        .iter()
+        .filter(|line| line.contains("carrier"))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            &format!("remove carrier {cookie} port 51820"),
+            &format!("add carrier {cookie} port 1637")
+        ]
+    );
+
+    // A stopped gateway has no tunnel, and nothing is let out for it.
+    w.container('f').running = None;
+    w.apply();
+    assert!(w.kernel.carriers.is_empty());
+}

@@ -4,13 +4,14 @@
 
 mod containers;
 mod gateways;
+mod guards;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
 use super::{
-    Container, Instance, Snapshot, StaticPolicy, Tunnel,
+    Container, Instance, Netns, Snapshot, StaticPolicy, Tunnel,
     apply::{Applier, Prune},
     decide,
     garbage::{self, Keep, KernelView},
@@ -27,6 +28,29 @@ fn id(fill: char) -> ContainerId {
 
 fn net(text: &str) -> IpNet {
     text.parse().unwrap()
+}
+
+/// The cookie of test network namespace `n`.
+fn cookie(n: u32) -> u64 {
+    100_000 + u64::from(n)
+}
+
+/// Test network namespace `n`: one Ethernet interface, index 2 (its eth0).
+fn netns(n: u32) -> Netns {
+    Netns {
+        cookie: cookie(n),
+        path: format!("/run/netns/test{n}").into(),
+        interfaces: interfaces(n, &[2]),
+        host: false,
+    }
+}
+
+/// Interfaces of test namespace `n` by index, each with a MAC address of its own.
+fn interfaces(n: u32, indexes: &[u32]) -> BTreeMap<u32, crate::domain::Mac> {
+    indexes
+        .iter()
+        .map(|&i| (i, [2, 0, 0, n as u8, 0, i as u8]))
+        .collect()
 }
 
 /// A lab of containers, the tunnels' health, and the kernel they are applied to.
@@ -58,14 +82,15 @@ impl World {
         }
     }
 
-    /// A container created with `labels`, running as cgroup `cgroup` with veth `veth`.
+    /// A container created with `labels`, running as cgroup `cgroup` in network namespace
+    /// `netns` (see [`netns`]).
     fn run(
         &mut self,
         fill: char,
         name: &str,
         labels: &[(&str, &str)],
         cgroup: CgroupId,
-        veth: u32,
+        netns: u32,
     ) {
         let mut container = Container::new(
             id(fill),
@@ -75,9 +100,28 @@ impl World {
         container.started(Instance {
             pid: 100 + cgroup as u32,
             cgroup,
-            veths: vec![veth],
+            netns: Some(self::netns(netns)),
         });
         self.containers.insert(id(fill), container);
+    }
+
+    /// The running instance of container `fill`.
+    fn instance(&mut self, fill: char) -> &mut Instance {
+        self.container(fill).running.as_mut().unwrap()
+    }
+
+    /// Guarded namespaces: cookie -> the cgroup judging what the kernel sends there.
+    fn guards(&self) -> BTreeMap<u64, u64> {
+        self.kernel
+            .guards
+            .iter()
+            .map(|(cookie, guard)| (*cookie, guard.socketless_cgroup))
+            .collect()
+    }
+
+    /// Backstop programs: (netns cookie, interface).
+    fn links(&self) -> BTreeSet<(u64, u32)> {
+        self.kernel.links.keys().copied().collect()
     }
 
     fn container(&mut self, fill: char) -> &mut Container {
@@ -95,6 +139,7 @@ impl World {
             Tunnel {
                 interface: Some(interface),
                 up,
+                carriers: BTreeSet::new(),
             },
         );
     }

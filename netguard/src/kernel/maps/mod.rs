@@ -13,11 +13,17 @@ use aya::{
 };
 use ipnet::IpNet;
 use netguard_common::{
-    CgroupPolicy, ContainerKey, Counters, DATAPATH_ABI, EndpointKey, GatewayState, MAX_GATEWAYS,
-    SCOPE_BITS, ScopedV4, ScopedV6, maps,
+    CarrierKey, CgroupPolicy, ContainerKey, Counters, DATAPATH_ABI, EndpointKey, GatewayState,
+    IfaceKey, KernelLayout, NetnsGuard, RESERVED_POLICY_KEYS, SCOPE_BITS, ScopedV4, ScopedV6,
+    StoppedTask, is_reserved_policy_key, maps, reserved_policy_key,
 };
 
-use crate::domain::{CgroupId, ContainerId, GatewayId};
+use crate::domain::{CgroupId, ContainerId};
+
+mod gateways;
+mod guards;
+
+pub use self::gateways::{gateway_name, set_tunnel};
 
 /// Every map but the two ring buffers (blocked flows, kernel log), which their readers own.
 pub struct Maps {
@@ -26,7 +32,11 @@ pub struct Maps {
     internal_v6: LpmTrie<MapData, ScopedV6, u32>,
     endpoints: HashMap<MapData, EndpointKey, u32>,
     gateways: Array<MapData, GatewayState>,
-    backstop: HashMap<MapData, u32, u64>,
+    backstop: HashMap<MapData, u64, NetnsGuard>,
+    carriers: HashMap<MapData, CarrierKey, u32>,
+    guarded_ifaces: HashMap<MapData, IfaceKey, u64>,
+    stopped: HashMap<MapData, u32, StoppedTask>,
+    kernel_layout: Array<MapData, KernelLayout>,
     counters: PerCpuHashMap<MapData, u64, Counters>,
     meta: Array<MapData, u64>,
     containers: HashMap<MapData, ContainerKey, CgroupPolicy>,
@@ -70,6 +80,10 @@ impl Maps {
             endpoints: HashMap::try_from(take(maps::ENDPOINTS)?)?,
             gateways: Array::try_from(take(maps::GATEWAYS)?)?,
             backstop: HashMap::try_from(take(maps::BACKSTOP)?)?,
+            carriers: HashMap::try_from(take(maps::CARRIERS)?)?,
+            guarded_ifaces: HashMap::try_from(take(maps::GUARDED_IFACES)?)?,
+            stopped: HashMap::try_from(take(maps::STOPPED)?)?,
+            kernel_layout: Array::try_from(take(maps::KERNEL_LAYOUT)?)?,
             counters: PerCpuHashMap::try_from(take(maps::COUNTERS)?)?,
             meta: Array::try_from(take(maps::META)?)?,
             containers: HashMap::try_from(take(maps::CONTAINERS)?)?,
@@ -99,9 +113,37 @@ impl Maps {
 
     // Policies: cgroup id -> what the datapath does for it.
 
-    /// Every cgroup with a policy entry.
+    /// Every cgroup with a policy entry (the reserved keys are not cgroups).
     pub fn policies(&self) -> Result<Vec<(CgroupId, CgroupPolicy)>> {
-        Ok(self.policy.iter().collect::<Result<_, _>>()?)
+        let mut found = Vec::new();
+        for entry in self.policy.iter() {
+            let (cgroup, policy) = entry?;
+            if !is_reserved_policy_key(cgroup) {
+                found.push((cgroup, policy));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Puts back the reserved policy keys the classifier gave up for containers while the map
+    /// was full; returns how many are still missing (the map is full).
+    pub fn restore_policy_reserves(&mut self) -> Result<u64> {
+        const BPF_NOEXIST: u64 = 1;
+        let mut missing = 0;
+        for i in 0..RESERVED_POLICY_KEYS {
+            let key = reserved_policy_key(i);
+            if self.policy.get(&key, 0).is_ok() {
+                continue;
+            }
+            if self
+                .policy
+                .insert(key, CgroupPolicy::default(), BPF_NOEXIST)
+                .is_err()
+            {
+                missing += 1;
+            }
+        }
+        Ok(missing)
     }
 
     pub fn set_policy(&mut self, cgroup: CgroupId, policy: CgroupPolicy) -> Result<()> {
@@ -171,69 +213,10 @@ impl Maps {
         remove_if_present(self.containers.remove(&id.key()))
     }
 
-    // Gateway slots and their VPN endpoints.
+    // The kernel's struct layout, for the classifier.
 
-    /// Every gateway slot in use.
-    pub fn gateway_slots(&self) -> Result<Vec<(GatewayId, GatewayState)>> {
-        let mut found = Vec::new();
-        for slot in 1..MAX_GATEWAYS {
-            let state = self.gateways.get(&slot, 0)?;
-            if state.in_use != 0 {
-                found.push((GatewayId(slot), state));
-            }
-        }
-        Ok(found)
-    }
-
-    /// Every gateway slot in use, with its name.
-    pub fn gateways(&self) -> Result<Vec<(GatewayId, String, GatewayState)>> {
-        Ok(self
-            .gateway_slots()?
-            .into_iter()
-            .map(|(id, state)| (id, gateway_name(&state), state))
-            .collect())
-    }
-
-    pub fn set_gateway_slot(&mut self, slot: GatewayId, state: GatewayState) -> Result<()> {
-        self.gateways
-            .set(slot.0, state, 0)
-            .with_context(|| format!("writing gateway slot {}", slot.0))
-    }
-
-    /// Sets the tunnel state of `slot` for every container behind it, in one map write.
-    pub fn set_tunnel_state(&mut self, slot: GatewayId, up: bool) -> Result<()> {
-        let mut state = self.gateways.get(&slot.0, 0)?;
-        if state.in_use == 0 {
-            bail!("gateway slot {} is not in use", slot.0);
-        }
-        set_tunnel(&mut state, up, now_secs());
-        self.set_gateway_slot(slot, state)
-    }
-
-    pub fn endpoints(&self) -> Result<Vec<EndpointKey>> {
-        Ok(self.endpoints.keys().collect::<Result<_, _>>()?)
-    }
-
-    pub fn add_endpoint(&mut self, key: EndpointKey) -> Result<()> {
-        Ok(self.endpoints.insert(key, 1, 0)?)
-    }
-
-    pub fn remove_endpoint(&mut self, key: EndpointKey) -> Result<()> {
-        remove_if_present(self.endpoints.remove(&key))
-    }
-
-    // Backstop entries: host-side interface -> the cgroup whose policy judges its frames.
-
-    pub fn backstops(&self) -> Result<Vec<(u32, CgroupId)>> {
-        Ok(self.backstop.iter().collect::<Result<_, _>>()?)
-    }
-
-    pub fn set_backstop(&mut self, ifindex: u32, cgroup: CgroupId) -> Result<()> {
-        Ok(self.backstop.insert(ifindex, cgroup, 0)?)
-    }
-
-    pub fn remove_backstop(&mut self, ifindex: u32) -> Result<()> {
-        remove_if_present(self.backstop.remove(&ifindex))
+    pub fn set_kernel_layout(&mut self, layout: KernelLayout) -> Result<()> {
+        Ok(self.kernel_layout.set(0, layout, 0)?)
     }
 
     // Counters: per cgroup, per CPU.
@@ -303,32 +286,11 @@ fn trie_cidrs<K: ScopedKey>(trie: &LpmTrie<MapData, K, u32>) -> Result<Vec<(u64,
     Ok(cidrs)
 }
 
-/// Records the tunnel of a gateway slot as up or down; a change is counted and timed here,
-/// the one place transitions are counted.
-pub fn set_tunnel(state: &mut GatewayState, up: bool, now_secs: u64) {
-    let wanted = u32::from(up) * netguard_common::TUNNEL_UP;
-    if state.tunnel_up != wanted {
-        state.transitions += 1;
-        state.last_change_secs = now_secs;
-    }
-    state.tunnel_up = wanted;
-}
-
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// The name stored in a gateway slot.
-pub fn gateway_name(state: &GatewayState) -> String {
-    let end = state
-        .name
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(state.name.len());
-    String::from_utf8_lossy(&state.name[..end]).into_owned()
 }
 
 fn write_trie<K: aya::Pod>(

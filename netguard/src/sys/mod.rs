@@ -15,6 +15,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
+mod net;
+
+pub use self::net::{ethernet_address, interface_flags, netlink_exchange};
+
 /// `SO_NETNS_COOKIE` (Linux 5.14), not in every libc crate version.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 /// `FILEID_KERNFS`: cgroup ids are kernfs file handles.
@@ -100,25 +104,44 @@ pub fn if_indextoname(ifindex: u32) -> io::Result<String> {
         .into_owned())
 }
 
-/// The `IFF_*` flags of `interface` in the calling thread's namespace.
-pub fn interface_flags(interface: &str) -> io::Result<libc::c_int> {
-    let name = interface.as_bytes();
-    // SAFETY: ifreq is plain data; all zeroes is a valid value.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    if name.len() >= request.ifr_name.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("interface name {interface:?} is too long"),
-        ));
+/// Every interface of the calling thread's network namespace: (index, name).
+pub fn if_nameindex() -> io::Result<Vec<(u32, String)>> {
+    // SAFETY: if_nameindex returns an array ended by a zero entry, or NULL on error.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Err(io::Error::last_os_error());
     }
-    for (dst, src) in request.ifr_name.iter_mut().zip(name) {
-        *dst = *src as libc::c_char;
+    let mut found = Vec::new();
+    let mut entry = list;
+    // SAFETY: walked up to the zero entry; each name is NUL-terminated; freed once.
+    unsafe {
+        while (*entry).if_index != 0 {
+            let name = CStr::from_ptr((*entry).if_name)
+                .to_string_lossy()
+                .into_owned();
+            found.push(((*entry).if_index, name));
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
     }
-    let socket = query_socket()?;
-    // SAFETY: SIOCGIFFLAGS reads a NUL-terminated name and writes the flags into `request`.
-    check(unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut request) })?;
-    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    Ok(libc::c_int::from(unsafe { request.ifr_ifru.ifru_flags }))
+    Ok(found)
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (the clock of `bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: timespec is plain data; clock_gettime writes it.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and a timespec that outlives the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Sends `signal` to process `pid`.
+pub fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    // SAFETY: kill(2) with plain integers.
+    check(unsafe { libc::kill(pid, signal) }).map(drop)
 }
 
 /// Mounts a filesystem of type `fstype` (no source, no options) at `path`.
@@ -184,6 +207,74 @@ pub fn open_cgroup_by_id(mount: BorrowedFd<'_>, id: u64) -> io::Result<Option<Ow
 /// The path an open descriptor refers to.
 pub fn path_of(fd: impl AsFd) -> io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd()))
+}
+
+/// `BPF_LINK_CREATE` for program `program` on cgroup `cgroup` with `attach_type` (for the
+/// program types whose aya link cannot be pinned); returns the link.
+pub fn bpf_link_create(
+    program: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    // The link_create member of `union bpf_attr`, zero-padded to the size the kernel reads.
+    #[repr(C)]
+    struct LinkCreate {
+        prog_fd: u32,
+        target_fd: u32,
+        attach_type: u32,
+        flags: u32,
+        rest: [u64; 12],
+    }
+    let attr = LinkCreate {
+        prog_fd: program.as_raw_fd() as u32,
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        flags: 0,
+        rest: [0; 12],
+    };
+    let fd = bpf(BPF_LINK_CREATE, &attr)?;
+    // SAFETY: a new descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// bpf(2) with command `command` and its attribute struct `attr` (plain data, fully
+/// initialised, padding made explicit); the call's non-negative result.
+fn bpf<T>(command: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+    // SAFETY: bpf(2) reads `size_of::<T>()` bytes of `attr`, which outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            std::ptr::from_ref(attr),
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+/// `BPF_OBJ_PIN`: pins the BPF object `fd` at `path` on a bpffs.
+pub fn bpf_obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        rest: [u64; 4],
+    }
+    let path = c_string(path)?;
+    let attr = ObjPin {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+        rest: [0; 4],
+    };
+    // The NUL-terminated path the attr points at outlives the call.
+    bpf(BPF_OBJ_PIN, &attr).map(drop)
 }
 
 /// Registers `inner` (a map's ring buffer) with the tokio reactor, to wait for it to be

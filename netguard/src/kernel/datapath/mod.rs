@@ -3,7 +3,11 @@
 //! Layout under the pin directory (default `/sys/fs/bpf/netguard`):
 //! - `NG_*`: the maps (see `netguard_common::maps`), reused by every agent start;
 //! - `links/cg<cgroup id>_<program>`: cgroup links, one per program per attach cgroup;
-//! - `links/tc<ifindex>`: backstop links on host-side veths.
+//! - `links/tc<netns cookie>_<ifindex>`: backstop links, on TC egress of the interfaces of a
+//!   guarded network namespace;
+//! - `links/tp_cgroup_mkdir`: the classifier;
+//! - `links/tp_sys_enter`: the raw-socket guard (stops a protected process that opens
+//!   an AF_PACKET socket before its namespace's backstop is in place).
 //!
 //! Links are pinned, so enforcement outlives the agent (exit, SIGTERM, kill -9). A new agent
 //! adopts a pinned link whose program is identical to its own and leaves it attached; a
@@ -12,16 +16,17 @@
 
 use std::{
     fs,
+    os::fd::{AsFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, LinkOrder, Program, SchedClassifier,
-        TcAttachType, links::FdLink, tc::TcAttachOptions,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, SchedClassifier,
+        links::{FdLink, PinnedLink},
     },
 };
 use netguard_common::maps as map_names;
@@ -29,23 +34,32 @@ use netguard_common::maps as map_names;
 use super::{
     log::KernelLog,
     maps::Maps,
-    pins::{
-        self, ProgramIdentity, TRACEFS, TRACEFS_MAGIC, ensure_bpffs, ensure_mounted,
-        pinned_program, remove_pin,
-    },
+    pins::{self, ProgramIdentity, ensure_bpffs, pinned_program, remove_pin},
 };
-use crate::{EBPF_OBJECT, cgroup::Cgroup, netns};
+use crate::{EBPF_OBJECT, cgroup::Cgroup, domain::CgroupId, sys};
+
+mod backstop;
+mod tracepoints;
 
 /// The cgroup programs, each attached to every attach cgroup.
-const CGROUP_PROGRAMS: [&str; 6] = [
+pub(super) const CGROUP_PROGRAMS: [&str; 7] = [
     "ng_egress",
     "ng_ingress",
     "ng_connect4",
     "ng_connect6",
     "ng_sendmsg4",
     "ng_sendmsg6",
+    "ng_setsockopt",
 ];
+/// The raw-socket guard, on the tracepoint every system call passes.
+const SOCK_GUARD_PROGRAM: &str = "ng_sock_create";
+const SOCK_GUARD_TRACEPOINT: &str = "sys_enter";
+/// Its link's pin, under `links/`.
+pub(super) const SOCK_GUARD_PIN: &str = "tp_sys_enter";
+/// The kernel's BTF, for the classifier's tracepoint and the layout it reads.
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 const BACKSTOP_PROGRAM: &str = "ng_backstop";
+const BACKSTOP_L3_PROGRAM: &str = "ng_backstop_l3";
 const CLASSIFIER_PROGRAM: &str = "ng_cgroup_mkdir";
 
 /// How a program's pinned link came to be.
@@ -126,20 +140,74 @@ impl Datapath {
     /// The loaded cgroup_skb egress program, for `BPF_PROG_TEST_RUN`.
     pub fn egress_program(&mut self) -> Result<&mut CgroupSkb> {
         let program = program(&mut self.ebpf, "ng_egress")?;
-        load_program(program)?;
+        load_program(program, "ng_egress")?;
         Ok(program.try_into()?)
     }
 
-    /// The loaded backstop program, for `BPF_PROG_TEST_RUN`.
-    pub fn backstop_program(&mut self) -> Result<&mut SchedClassifier> {
-        let program = program(&mut self.ebpf, BACKSTOP_PROGRAM)?;
-        load_program(program)?;
+    /// The loaded backstop program (for Ethernet frames, or for packets without a link
+    /// header), for `BPF_PROG_TEST_RUN`.
+    pub fn backstop_program(&mut self, ethernet: bool) -> Result<&mut SchedClassifier> {
+        let name = if ethernet {
+            BACKSTOP_PROGRAM
+        } else {
+            BACKSTOP_L3_PROGRAM
+        };
+        let program = program(&mut self.ebpf, name)?;
+        load_program(program, name)?;
         Ok(program.try_into()?)
+    }
+
+    /// Attaches (or adopts) the classifier (with the cgroup2 root's id, when following
+    /// Docker) and every cgroup program on each of `cgroups`, as one step: if any of it
+    /// fails, what this call newly attached is detached again, so a failed start never
+    /// leaves the classifier holding containers without the programs that enforce, or the
+    /// reverse. Links adopted or replaced from an earlier agent stay.
+    pub fn attach_enforcement(
+        &mut self,
+        classifier: Option<CgroupId>,
+        cgroups: &[Cgroup],
+    ) -> Result<Vec<(String, LinkOutcome)>> {
+        let mut new_pins = Vec::new();
+        let mut outcomes = Vec::new();
+        let mut attach = || -> Result<()> {
+            let outcome = self.attach_sock_guard()?;
+            if outcome == LinkOutcome::Attached {
+                new_pins.push(self.pin_dir.join("links").join(SOCK_GUARD_PIN));
+            }
+            outcomes.push((SOCK_GUARD_PROGRAM.to_string(), outcome));
+            if let Some(root) = classifier {
+                let outcome = self.attach_classifier(root)?;
+                if outcome == LinkOutcome::Attached {
+                    new_pins.push(self.pin_dir.join("links").join("tp_cgroup_mkdir"));
+                }
+                outcomes.push((CLASSIFIER_PROGRAM.to_string(), outcome));
+            }
+            for cgroup in cgroups {
+                for (name, outcome) in self.attach_cgroup(cgroup, &mut new_pins)? {
+                    outcomes.push((format!("{name} on {}", cgroup.path.display()), outcome));
+                }
+            }
+            Ok(())
+        };
+        if let Err(error) = attach() {
+            for pin in &new_pins {
+                remove_pin(pin)?;
+            }
+            return Err(error.context(format!(
+                "attaching the programs (the {} attached by this start were detached again)",
+                new_pins.len()
+            )));
+        }
+        Ok(outcomes)
     }
 
     /// Attaches (or adopts) every cgroup program on `cgroup`, which covers it and every
-    /// cgroup created below it later.
-    pub fn attach_cgroup(&mut self, cgroup: &Cgroup) -> Result<Vec<(&'static str, LinkOutcome)>> {
+    /// cgroup created below it later; the pins of links it attaches anew go to `new_pins`.
+    fn attach_cgroup(
+        &mut self,
+        cgroup: &Cgroup,
+        new_pins: &mut Vec<PathBuf>,
+    ) -> Result<Vec<(&'static str, LinkOutcome)>> {
         let mut outcomes = Vec::new();
         for name in CGROUP_PROGRAMS {
             let pin = self
@@ -165,62 +233,22 @@ impl Datapath {
                         let id = p.attach(&file, CgroupAttachMode::Single)?;
                         FdLink::try_from(p.take_link(id)?)?
                     }
+                    Program::CgroupSock(p) => {
+                        let id = p.attach(&file, CgroupAttachMode::Single)?;
+                        FdLink::try_from(p.take_link(id)?)?
+                    }
+                    // aya's link of this type cannot be pinned: made with the syscall.
+                    Program::CgroupSockopt(p) => raw_cgroup_link(p.fd()?.as_fd(), &file, &pin)?,
                     _ => bail!("program {name} has an unexpected type"),
                 };
                 Ok(link)
             })?;
+            if outcome == LinkOutcome::Attached {
+                new_pins.push(pin);
+            }
             outcomes.push((name, outcome));
         }
         Ok(outcomes)
-    }
-
-    /// Attaches (or adopts) the backstop on the host side of the veth `ifindex` (in this
-    /// process's network namespace). Its entry must be written first: the program drops
-    /// every frame of an interface without one.
-    pub fn attach_backstop(&mut self, ifindex: u32) -> Result<LinkOutcome> {
-        let interface = netns::interface_name(ifindex)
-            .with_context(|| format!("backstop interface {ifindex}: it is gone"))?;
-        let pin = self.pin_dir.join("links").join(format!("tc{ifindex}"));
-        self.pin_link(&pin, BACKSTOP_PROGRAM, |program| {
-            let Program::SchedClassifier(p) = program else {
-                bail!("program {BACKSTOP_PROGRAM} has an unexpected type");
-            };
-            // First in the tcx chain: an earlier program returning "pass" would skip it.
-            let order = TcAttachOptions::TcxOrder(LinkOrder::first());
-            let id = p
-                .attach_with_options(&interface, TcAttachType::Ingress, order)
-                .with_context(|| format!("attaching the backstop to {interface}"))?;
-            Ok(FdLink::try_from(p.take_link(id)?)?)
-        })
-    }
-
-    /// Attaches (or adopts) the cgroup_mkdir classifier, which gives every new container
-    /// cgroup a policy before a process can join it, whether the agent runs or not.
-    pub fn attach_classifier(&mut self) -> Result<LinkOutcome> {
-        ensure_mounted(Path::new(TRACEFS), "tracefs", TRACEFS_MAGIC)?;
-        let pin = self.pin_dir.join("links").join("tp_cgroup_mkdir");
-        self.pin_link(&pin, CLASSIFIER_PROGRAM, |program| {
-            let Program::TracePoint(p) = program else {
-                bail!("program {CLASSIFIER_PROGRAM} has an unexpected type");
-            };
-            let id = p
-                .attach("cgroup", "cgroup_mkdir")
-                .context("attaching to the cgroup:cgroup_mkdir tracepoint")?;
-            Ok(FdLink::try_from(p.take_link(id)?)?)
-        })
-    }
-
-    /// Detaches the classifier, if a previous run pinned one.
-    pub fn detach_classifier(&mut self) -> Result<()> {
-        remove_pin(&self.pin_dir.join("links").join("tp_cgroup_mkdir"))
-    }
-
-    /// Removes the backstop from `ifindex`: the link first, then its entry (an attached
-    /// backstop without an entry drops everything).
-    pub fn detach_backstop(&mut self, ifindex: u32) -> Result<()> {
-        let pin = self.pin_dir.join("links").join(format!("tc{ifindex}"));
-        remove_pin(&pin)?;
-        self.maps.remove_backstop(ifindex)
     }
 
     /// Pins a link of program `name` at `pin`, adopting or replacing what is there.
@@ -231,7 +259,7 @@ impl Datapath {
         attach: impl FnOnce(&mut Program) -> Result<FdLink>,
     ) -> Result<LinkOutcome> {
         let program = program(&mut self.ebpf, name)?;
-        load_program(program).with_context(|| format!("loading program {name}"))?;
+        load_program(program, name).with_context(|| format!("loading program {name}"))?;
         let ours = ProgramIdentity::of(&program.info()?)?;
         // Same instructions on the same (pinned) maps: leave the running link alone.
         let outcome = match pinned_program(pin)? {
@@ -248,8 +276,11 @@ impl Datapath {
         link.pin(&staging)
             .with_context(|| format!("pinning link at {}", staging.display()))?;
         // Atomic: the old pin (if any) is replaced, dropping the old link only now.
-        fs::rename(&staging, pin)
-            .with_context(|| format!("renaming link pin to {}", pin.display()))?;
+        if let Err(error) = fs::rename(&staging, pin) {
+            // Not left attached under a name nobody looks for.
+            let _ = remove_pin(&staging);
+            return Err(error).with_context(|| format!("renaming link pin to {}", pin.display()));
+        }
         Ok(outcome)
     }
 
@@ -279,21 +310,39 @@ impl Datapath {
         pins::attach_cgroup_ids(&self.pin_dir)
     }
 
-    /// Pinned backstop links and their interface index (none for a datapath loaded unpinned).
-    pub fn pinned_backstops(&self) -> Result<Vec<u32>> {
-        let mut found = Vec::new();
-        let links = self.pin_dir.join("links");
-        if !links.exists() {
-            return Ok(found);
+    /// Puts back the policy keys the classifier gave up while the map was full, and says so
+    /// if it still is.
+    pub fn restore_reserves(&mut self) {
+        match self.maps.restore_policy_reserves() {
+            Ok(0) => {}
+            Ok(missing) => tracing::error!(
+                missing,
+                "the policy map is full: {missing} of {} reserved entries could not be put \
+                 back; a container started while it stays full may not be enforced (`netguard \
+                 status` shows it UNPROTECTED)",
+                netguard_common::RESERVED_POLICY_KEYS
+            ),
+            Err(error) => tracing::error!("putting back the policy map's reserves: {error:#}"),
         }
-        for entry in fs::read_dir(&links)? {
-            let name = entry?.file_name().to_string_lossy().into_owned();
-            if let Some(ifindex) = name.strip_prefix("tc").and_then(|i| i.parse().ok()) {
-                found.push(ifindex);
-            }
-        }
-        Ok(found)
     }
+}
+
+/// `BPF_CGROUP_SETSOCKOPT`, the attach type of the setsockopt program.
+const BPF_CGROUP_SETSOCKOPT: u32 = 22;
+
+/// A cgroup link made with the syscall, as an [`FdLink`] (through a pin beside `pin`, removed
+/// at once: the returned link holds it).
+fn raw_cgroup_link(program: BorrowedFd<'_>, cgroup: &fs::File, pin: &Path) -> Result<FdLink> {
+    let link = sys::bpf_link_create(program, cgroup.as_fd(), BPF_CGROUP_SETSOCKOPT)
+        .context("creating the setsockopt link")?;
+    let mut raw = pin.as_os_str().to_owned();
+    raw.push("_raw");
+    let raw = PathBuf::from(raw);
+    remove_pin(&raw)?;
+    sys::bpf_obj_pin(link.as_fd(), &raw).context("pinning the setsockopt link")?;
+    let opened = PinnedLink::from_pin(&raw).context("opening the setsockopt link");
+    remove_pin(&raw)?;
+    Ok(FdLink::from(opened?))
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
@@ -301,7 +350,7 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program> {
         .with_context(|| format!("program {name} missing from the eBPF object"))
 }
 
-fn load_program(program: &mut Program) -> Result<()> {
+fn load_program(program: &mut Program, name: &str) -> Result<()> {
     if program.fd().is_ok() {
         return Ok(());
     }
@@ -309,7 +358,16 @@ fn load_program(program: &mut Program) -> Result<()> {
         Program::CgroupSkb(p) => p.load()?,
         Program::CgroupSockAddr(p) => p.load()?,
         Program::SchedClassifier(p) => p.load()?,
-        Program::TracePoint(p) => p.load()?,
+        Program::CgroupSock(p) => p.load()?,
+        Program::CgroupSockopt(p) => p.load()?,
+        Program::BtfTracePoint(p) => {
+            let tracepoint = if name == SOCK_GUARD_PROGRAM {
+                SOCK_GUARD_TRACEPOINT
+            } else {
+                "cgroup_mkdir"
+            };
+            p.load(tracepoint, &Btf::from_sys_fs()?)?
+        }
         _ => bail!("unexpected program type in netguard's eBPF object"),
     }
     Ok(())
