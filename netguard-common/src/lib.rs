@@ -8,7 +8,7 @@
 pub mod parse;
 
 /// Layout version of the pinned maps. A pinned datapath whose version differs is not adopted.
-pub const DATAPATH_ABI: u64 = 4;
+pub const DATAPATH_ABI: u64 = 5;
 
 /// How many cgroup levels below the root the programs walk for a policy; a cgroup deeper than
 /// that is still found by its own entry.
@@ -148,6 +148,41 @@ impl BlockReason {
             2 => Some(BlockReason::Malformed),
             3 => Some(BlockReason::Unclassified),
             _ => None,
+        }
+    }
+}
+
+/// The way a packet let out left, by the rule that let it: through the gateway's tunnel, to
+/// an internal destination, to one of the gateway's VPN endpoints, or (a count-only cgroup)
+/// directly.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxPath {
+    Tunnel = 0,
+    Internal = 1,
+    Endpoint = 2,
+    Direct = 3,
+}
+
+/// Number of [`TxPath`] slots in [`Counters`].
+pub const TX_PATHS: usize = 4;
+
+impl TxPath {
+    /// Every path, in slot order.
+    pub const ALL: [TxPath; TX_PATHS] = [
+        TxPath::Tunnel,
+        TxPath::Internal,
+        TxPath::Endpoint,
+        TxPath::Direct,
+    ];
+
+    /// The metric label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TxPath::Tunnel => "tunnel",
+            TxPath::Internal => "internal",
+            TxPath::Endpoint => "endpoint",
+            TxPath::Direct => "direct",
         }
     }
 }
@@ -444,6 +479,10 @@ pub struct Counters {
     pub refused_calls: [u64; BLOCK_REASONS],
     /// Blocked-flow events not emitted (rate limit or full ring buffer).
     pub events_suppressed: u64,
+    /// `tx_bytes` by [`TxPath`] slot.
+    pub tx_bytes_by_path: [u64; TX_PATHS],
+    /// `tx_packets` by [`TxPath`] slot.
+    pub tx_packets_by_path: [u64; TX_PATHS],
 }
 
 impl Counters {
@@ -459,6 +498,10 @@ impl Counters {
             self.refused_calls[i] += other.refused_calls[i];
         }
         self.events_suppressed += other.events_suppressed;
+        for i in 0..TX_PATHS {
+            self.tx_bytes_by_path[i] += other.tx_bytes_by_path[i];
+            self.tx_packets_by_path[i] += other.tx_packets_by_path[i];
+        }
     }
 }
 
@@ -527,7 +570,7 @@ const _: () = {
     assert!(core::mem::size_of::<ScopedV6>() == 24);
     assert!(core::mem::size_of::<EndpointKey>() == 24);
     assert!(core::mem::size_of::<GatewayState>() == 40 + GATEWAY_NAME_LEN);
-    assert!(core::mem::size_of::<Counters>() == 8 * (4 + 3 * BLOCK_REASONS + 1));
+    assert!(core::mem::size_of::<Counters>() == 8 * (4 + 3 * BLOCK_REASONS + 1 + 2 * TX_PATHS));
     assert!(core::mem::size_of::<BlockedFlow>() == 40);
     assert!(core::mem::size_of::<EventBudget>() == 16);
     assert!(core::mem::size_of::<KernelLayout>() == 4 * 14 + 8);

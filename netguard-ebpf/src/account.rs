@@ -4,7 +4,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use netguard_common::{
-    BlockReason, BlockedFlow, Counters, EVENTS_PER_SECOND, EventBudget, Hook, parse::Flow,
+    BlockReason, BlockedFlow, Counters, EVENTS_PER_SECOND, EventBudget, Hook, TxPath, parse::Flow,
 };
 
 use crate::maps::{COUNTERS, EVENT_BUDGET, EVENTS};
@@ -29,17 +29,22 @@ pub fn counters(cgroup: u64) -> Option<&'static mut Counters> {
 #[inline(always)]
 pub fn settle(
     cgroup: u64,
-    verdict: Result<(), BlockReason>,
+    verdict: Result<TxPath, BlockReason>,
     flow: Option<&Flow>,
     hook: Hook,
     bytes: u32,
 ) -> bool {
     let mut counters = counters(cgroup);
     let reason = match verdict {
-        Ok(()) => {
+        Ok(path) => {
             if let (Hook::Egress, Some(c)) = (hook, counters) {
                 c.tx_packets += 1;
                 c.tx_bytes += u64::from(bytes);
+                let slot = path as usize;
+                if slot < c.tx_packets_by_path.len() {
+                    c.tx_packets_by_path[slot] += 1;
+                    c.tx_bytes_by_path[slot] += u64::from(bytes);
+                }
             }
             return true;
         }

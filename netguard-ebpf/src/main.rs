@@ -29,6 +29,7 @@ use aya_ebpf::{
 };
 use netguard_common::{
     BlockReason, CarrierKey, CgroupPolicy, FAMILY_V4, FAMILY_V6, Hook, IfaceKey, StoppedTask,
+    TxPath,
     parse::{ETH_P_ARP, Flow, IPPROTO_UDP, parse_ip},
 };
 
@@ -118,7 +119,7 @@ pub fn ng_egress(ctx: SkBuffContext) -> i32 {
             },
         ),
         Err(_) if policy.is_protected() => Err(BlockReason::Malformed),
-        Err(_) => Ok(()),
+        Err(_) => Ok(TxPath::Direct),
     };
     if settle(cgroup, verdict, flow.as_ref().ok(), Hook::Egress, ctx.len()) {
         SKB_PASS

@@ -3,7 +3,7 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use netguard_common::{
     BlockReason, CgroupPolicy, EndpointKey, FAMILY_V4, MAX_CGROUP_DEPTH, SCOPE_BITS, SCOPE_GLOBAL,
-    ScopedV4, ScopedV6, TUNNEL_UP, parse::Flow,
+    ScopedV4, ScopedV6, TUNNEL_UP, TxPath, parse::Flow,
 };
 
 use crate::maps::{ENDPOINTS, GATEWAYS, INTERNAL_V4, INTERNAL_V6, POLICY};
@@ -57,20 +57,20 @@ pub enum Route {
     NotYetRouted,
 }
 
-/// `Ok` to let the flow out, `Err(reason)` to block it. `scope` is the cgroup id owning
-/// `policy` (its per-container allowances are stored under that scope).
+/// `Ok(the way it leaves)` to let the flow out, `Err(reason)` to block it. `scope` is the
+/// cgroup id owning `policy` (its per-container allowances are stored under that scope).
 #[inline(always)]
 pub fn decide(
     scope: u64,
     policy: &CgroupPolicy,
     flow: &Flow,
     route: Route,
-) -> Result<(), BlockReason> {
+) -> Result<TxPath, BlockReason> {
     if !policy.is_protected() {
-        return Ok(());
+        return Ok(TxPath::Direct);
     }
     if is_internal(SCOPE_GLOBAL, flow) || is_internal(scope, flow) {
-        return Ok(());
+        return Ok(TxPath::Internal);
     }
     if policy.is_unclassified() {
         return Err(BlockReason::Unclassified);
@@ -79,7 +79,7 @@ pub fn decide(
         return Err(BlockReason::NotAllowed);
     }
     if is_endpoint(policy.gateway, flow) {
-        return Ok(());
+        return Ok(TxPath::Endpoint);
     }
     // A missing slot is treated as a tunnel that is down: fail closed.
     let Some(gateway) = GATEWAYS.get(policy.gateway) else {
@@ -89,7 +89,7 @@ pub fn decide(
         return Err(BlockReason::TunnelDown);
     }
     match route {
-        Route::NotYetRouted => Ok(()),
+        Route::NotYetRouted => Ok(TxPath::Tunnel),
         Route::Device {
             ifindex,
             netns_cookie,
@@ -97,7 +97,7 @@ pub fn decide(
             && ifindex == gateway.tunnel_ifindex
             && netns_cookie == gateway.tunnel_netns_cookie =>
         {
-            Ok(())
+            Ok(TxPath::Tunnel)
         }
         Route::Device { .. } => Err(BlockReason::NotAllowed),
     }

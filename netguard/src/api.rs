@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use netguard_common::{BlockReason, Counters};
+use netguard_common::{BlockReason, Counters, TxPath};
 use serde::{Deserialize, Serialize};
 
 /// Version prefix of every API path.
@@ -28,6 +28,12 @@ pub struct ContainerStatus {
     pub vpn_gateway: bool,
     /// The gateway whose tunnel it may use.
     pub gateway: Option<String>,
+    /// Its `netguard.gateway` reference, when that matches no gateway container.
+    #[serde(default)]
+    pub gateway_unresolved: Option<String>,
+    /// The gateway whose old network namespace it is stuck in.
+    #[serde(default)]
+    pub stranded: Option<String>,
     pub running: bool,
     /// Destroyed: shown with its last counters until the metrics' grace period ends.
     pub removed: bool,
@@ -60,6 +66,8 @@ impl ContainerStatus {
             protected: false,
             vpn_gateway: false,
             gateway: None,
+            gateway_unresolved: None,
+            stranded: None,
             running: true,
             removed: false,
             cgroups: vec![cgroup],
@@ -90,10 +98,21 @@ pub struct CounterSet {
     pub refused_calls: BTreeMap<String, u64>,
     /// Blocked flows the kernel did not report (rate limit or full ring buffer).
     pub events_suppressed: u64,
+    /// `transmit_bytes` by the way they left (`tunnel`, `internal`, `endpoint`, `direct`).
+    #[serde(default)]
+    pub transmit_bytes_by_path: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub transmit_packets_by_path: BTreeMap<String, u64>,
 }
 
 impl From<&Counters> for CounterSet {
     fn from(c: &Counters) -> Self {
+        let by_path = |values: &[u64]| {
+            TxPath::ALL
+                .iter()
+                .map(|p| (p.as_str().to_string(), values[*p as usize]))
+                .collect()
+        };
         let by_reason = |values: &[u64]| {
             BlockReason::ALL
                 .iter()
@@ -109,6 +128,8 @@ impl From<&Counters> for CounterSet {
             blocked_bytes: by_reason(&c.blocked_bytes),
             refused_calls: by_reason(&c.refused_calls),
             events_suppressed: c.events_suppressed,
+            transmit_bytes_by_path: by_path(&c.tx_bytes_by_path),
+            transmit_packets_by_path: by_path(&c.tx_packets_by_path),
         }
     }
 }
@@ -132,6 +153,10 @@ pub struct GatewayStatus {
     pub transitions: u64,
     /// Unix time of the last up/down change; 0 if it never changed.
     pub last_change_secs: u64,
+    /// Why its tunnel counts as down, from its health sources (the agent's word; a refused
+    /// control server says so).
+    #[serde(default)]
+    pub down_reason: Option<String>,
 }
 
 /// One blocked flow the kernel reported.

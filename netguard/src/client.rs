@@ -209,6 +209,9 @@ pub fn status_table(gateways: &[GatewayStatus], containers: &[ContainerStatus]) 
                 if g.tunnel_up { "up" } else { "DOWN" },
                 g.transitions
             ));
+            if let Some(reason) = &g.down_reason {
+                out.push_str(&format!("  why down: {reason}\n"));
+            }
         }
         out.push('\n');
     }
@@ -236,7 +239,11 @@ pub fn status_table(gateways: &[GatewayStatus], containers: &[ContainerStatus]) 
             c.short_id(),
             state,
             policy,
-            c.gateway.as_deref().unwrap_or("-"),
+            match (&c.gateway, &c.gateway_unresolved) {
+                (Some(gateway), _) => gateway.clone(),
+                (None, Some(reference)) => format!("{reference}?"),
+                (None, None) => "-".into(),
+            },
             bytes(c.counters.transmit_bytes),
             bytes(c.counters.receive_bytes),
             c.counters.blocked_packets_total(),

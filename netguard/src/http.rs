@@ -186,7 +186,7 @@ async fn metrics_text(State(server): Shared, headers: HeaderMap) -> Response {
         .and_then(|containers| {
             Ok(metrics::Scrape {
                 containers,
-                gateways: report::gateways(&server.maps)?,
+                gateways: explained(&server)?,
                 docker_in_sync: match server.report.docker() {
                     DockerSync::Disabled => None,
                     sync => Some(sync == DockerSync::InSync),
@@ -225,8 +225,15 @@ async fn containers(State(server): Shared) -> Response {
     }
 }
 
+/// The gateways as their slots say, with why those that are down are down.
+fn explained(server: &Server) -> anyhow::Result<Vec<crate::api::GatewayStatus>> {
+    let mut gateways = report::gateways(&server.maps)?;
+    server.report.explain(&mut gateways);
+    Ok(gateways)
+}
+
 async fn gateways(State(server): Shared) -> Response {
-    match report::gateways(&server.maps) {
+    match explained(&server) {
         Ok(gateways) => Json(gateways).into_response(),
         Err(error) => internal_error(error),
     }

@@ -129,7 +129,7 @@ struct RunArgs {
     #[arg(long, env = "NETGUARD_DOCKER_SOCKET")]
     docker_socket: Option<PathBuf>,
     /// Do not follow Docker (static configuration only).
-    #[arg(long, env = "NETGUARD_NO_DOCKER")]
+    #[arg(long, env = "NETGUARD_NO_DOCKER", value_parser = clap::builder::BoolishValueParser::new())]
     no_docker: bool,
     /// HTTP address for /metrics and the API, or "off" [default: 127.0.0.1:9477].
     #[arg(long, env = "NETGUARD_LISTEN")]
@@ -146,9 +146,32 @@ struct RunArgs {
     /// Seconds between full reconciles with Docker [default: 30].
     #[arg(long, env = "NETGUARD_RESYNC_SECS")]
     resync_secs: Option<u64>,
+    /// Restart containers stranded in a restarted gateway's old network namespace (a
+    /// container's netguard.heal label decides for it).
+    #[arg(long, env = "NETGUARD_HEAL_STRANDED", value_parser = clap::builder::BoolishValueParser::new())]
+    heal_stranded: bool,
+    /// File with the API key of netguard's role on Gluetun's control server, for every
+    /// gateway without credentials of its own ([[gluetun_auth]]).
+    #[arg(long, env = "NETGUARD_GLUETUN_API_KEY_FILE")]
+    gluetun_api_key_file: Option<PathBuf>,
+    /// The same key as a value (prefer the file: the environment shows in `docker inspect`).
+    #[arg(long, env = "NETGUARD_GLUETUN_API_KEY", hide_env_values = true)]
+    gluetun_api_key: Option<String>,
+}
+
+/// An empty `NETGUARD_*` variable counts as unset: Compose passes optional settings as
+/// `${NETGUARD_X:-}`, which sets them empty.
+fn drop_empty_settings() {
+    for (key, value) in std::env::vars_os() {
+        if value.is_empty() && key.to_string_lossy().starts_with("NETGUARD_") {
+            // SAFETY: called first thing in main, before any other thread exists.
+            unsafe { std::env::remove_var(key) };
+        }
+    }
 }
 
 fn main() -> ExitCode {
+    drop_empty_settings();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -213,6 +236,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         api_token_file: args.api_token_file,
         max_flow_streams: args.max_flow_streams,
         resync_secs: args.resync_secs,
+        heal_stranded: args.heal_stranded,
+        gluetun_api_key_file: args.gluetun_api_key_file,
+        gluetun_api_key: args
+            .gluetun_api_key
+            .map(netguard::config::gluetun::Secret::Value),
     };
     let config = Config::load(&flags)?;
     // Before any thread exists: a container's private cgroup namespace hides the host's.
@@ -229,4 +257,31 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(agent::run(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    /// Compose passes `NETGUARD_ATTACH_CGROUPS: ${NETGUARD_ATTACH_CGROUPS:-}`: an empty
+    /// value must mean "not set" (the cgroup2 root), not one empty path.
+    #[test]
+    fn an_empty_environment_value_is_no_value() {
+        // SAFETY: this test process's own environment, read by the parse below only.
+        unsafe {
+            std::env::set_var("NETGUARD_ATTACH_CGROUPS", "");
+            std::env::set_var("NETGUARD_GLUETUN_API_KEY", "");
+            std::env::set_var("NETGUARD_HEAL_STRANDED", "1");
+        }
+        drop_empty_settings();
+        let cli = Cli::try_parse_from(["netguard", "run"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert!(args.attach_cgroups.is_empty(), "{:?}", args.attach_cgroups);
+        assert!(args.gluetun_api_key.is_none());
+        assert!(args.heal_stranded, "1 is true, as users write it");
+    }
 }

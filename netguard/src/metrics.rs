@@ -107,15 +107,22 @@ impl Collector for Scrape {
                 .iter()
                 .map(move |c| (container_labels(c), value(&c.counters)))
         };
-        let by_reason = |select: fn(&CounterSet) -> &std::collections::BTreeMap<String, u64>| {
-            self.containers.iter().flat_map(move |c| {
-                select(&c.counters).iter().map(move |(reason, value)| {
-                    let mut labels = container_labels(c);
-                    labels.push(("reason", reason.clone()));
-                    (labels, *value)
+        // A counter split by `key` (reason, path): one sample per value.
+        let split =
+            |key: &'static str,
+             select: fn(&CounterSet) -> &std::collections::BTreeMap<String, u64>| {
+                self.containers.iter().flat_map(move |c| {
+                    select(&c.counters)
+                        .iter()
+                        .map(move |(value_of_key, value)| {
+                            let mut labels = container_labels(c);
+                            labels.push((key, value_of_key.clone()));
+                            (labels, *value)
+                        })
                 })
-            })
-        };
+            };
+        let by_reason = move |select| split("reason", select);
+        let by_path = move |select| split("path", select);
         let counter = MetricType::Counter;
         let gauge = MetricType::Gauge;
 
@@ -139,6 +146,20 @@ impl Collector for Scrape {
             "Packets the container sent that were let out.",
             counter,
             per_container(|c| c.transmit_packets),
+        )?;
+        family(
+            &mut encoder,
+            "netguard_container_transmit_path_bytes",
+            "Bytes the container sent that were let out, by the way they left: path=tunnel (through its gateway's VPN), internal, endpoint (to its gateway's VPN server) or direct (a container netguard only counts).",
+            counter,
+            by_path(|c| &c.transmit_bytes_by_path),
+        )?;
+        family(
+            &mut encoder,
+            "netguard_container_transmit_path_packets",
+            "Packets the container sent that were let out, by the way they left (see netguard_container_transmit_path_bytes).",
+            counter,
+            by_path(|c| &c.transmit_packets_by_path),
         )?;
         family(
             &mut encoder,
@@ -210,6 +231,20 @@ impl Collector for Scrape {
             "1 if the container is running.",
             gauge,
             state(|c| c.running),
+        )?;
+        family(
+            &mut encoder,
+            "netguard_container_gateway_unresolved",
+            "1 if the container's netguard.gateway label matches no gateway container (it may use no tunnel; `netguard status` names the reference).",
+            gauge,
+            state(|c| c.gateway_unresolved.is_some()),
+        )?;
+        family(
+            &mut encoder,
+            "netguard_container_stranded",
+            "1 if the container is stuck in the old network namespace of a gateway that restarted (no network until it is restarted; `netguard status` names the gateway).",
+            gauge,
+            state(|c| c.stranded.is_some()),
         )?;
         let gateway = |g: &GatewayStatus| vec![("gateway", g.name.clone())];
         family(
@@ -283,6 +318,8 @@ mod tests {
             protected: true,
             vpn_gateway: false,
             gateway: Some("gluetun".into()),
+            gateway_unresolved: None,
+            stranded: None,
             running: true,
             removed: false,
             cgroups: vec![7],
@@ -303,6 +340,7 @@ mod tests {
                 tunnel_up: true,
                 transitions: 3,
                 last_change_secs: 1_700_000_000,
+                down_reason: None,
             }],
             docker_in_sync: Some(true),
             label_problems: 0,

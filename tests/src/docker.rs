@@ -20,7 +20,7 @@ use crate::{
 
 /// Label on every test container, image and network (what cleanup looks for).
 pub const TEST_LABEL: &str = "netguard.test=1";
-const IMAGE: &str = "netguard-test/probe:latest";
+pub const IMAGE: &str = "netguard-test/probe:latest";
 /// Root namespace end of the host link to the router.
 pub const HOST_LINK_V4: &str = "198.18.7.1";
 pub const ROUTER_LINK_V4: &str = "198.18.7.2";
@@ -416,7 +416,7 @@ fn parse_report(output: std::process::Output) -> ProbeResult {
 }
 
 /// The static probe built by `cargo xtask test`.
-fn static_probe() -> PathBuf {
+pub(crate) fn static_probe() -> PathBuf {
     let path = std::env::var_os("NG_PROBE_STATIC")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -433,7 +433,7 @@ fn static_probe() -> PathBuf {
 
 /// Builds the test image once per test process: busybox (Debian's busybox-static) and the
 /// static probe, `FROM scratch` (no registry is reachable).
-fn build_image() {
+pub(crate) fn build_image() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let dir = TempDir::new("image");

@@ -13,6 +13,7 @@ pub mod lab;
 pub mod probe;
 pub mod prometheus;
 pub mod sniffer;
+pub mod standins;
 pub mod wireguard;
 
 use std::{

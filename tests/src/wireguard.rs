@@ -92,6 +92,38 @@ impl Tunnel {
         tunnel
     }
 
+    /// The VPN provider's side only, for a client that configures itself (Gluetun's
+    /// stand-in): with the client's private key and the provider's public key, as a VPN
+    /// provider hands them out.
+    pub fn provider_for_client(lab: &Lab) -> (Self, String, String) {
+        let mut tunnel = Self {
+            client_if: String::new(),
+            provider_if: format!("wg{}p", lab.tag),
+            daemons: Vec::new(),
+            dir: TempDir::new("wg"),
+            provider: None,
+        };
+        let (client_key, client_pub) = tunnel.keypair("client");
+        let (provider_key, provider_pub) = tunnel.keypair("provider");
+        tunnel.start_daemon(&lab.vpn.path(), None, &tunnel.provider_if.clone());
+        tunnel.provider = Some((lab.vpn.path(), provider_key, client_pub));
+        tunnel.configure_provider();
+        let provider_if = tunnel.provider_if.clone();
+        lab.vpn.ip(&[
+            "addr",
+            "add",
+            &format!("{TUNNEL_PROVIDER_V4}/24"),
+            "dev",
+            &provider_if,
+        ]);
+        lab.vpn.ip(&["link", "set", &provider_if, "up"]);
+        let client_private = std::fs::read_to_string(client_key)
+            .unwrap()
+            .trim()
+            .to_string();
+        (tunnel, client_private, provider_pub)
+    }
+
     fn keypair(&self, who: &str) -> (String, String) {
         let private = sh(&["wg", "genkey"]).trim().to_string();
         let path = self.dir.path.join(format!("{who}.key"));
@@ -147,7 +179,7 @@ impl Tunnel {
 
     /// Kills the VPN provider's side: the client's handshakes go stale.
     pub fn stop_provider(&mut self) {
-        let mut provider = self.daemons.remove(1);
+        let mut provider = self.daemons.pop().expect("the provider's daemon");
         let _ = provider.kill();
         let _ = provider.wait();
         let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.provider_if));
@@ -206,7 +238,10 @@ impl Drop for Tunnel {
             let _ = daemon.kill();
             let _ = daemon.wait();
         }
-        for interface in [&self.client_if, &self.provider_if] {
+        for interface in [&self.client_if, &self.provider_if]
+            .into_iter()
+            .filter(|i| !i.is_empty())
+        {
             let _ = std::fs::remove_file(format!("/var/run/wireguard/{interface}.sock"));
         }
     }

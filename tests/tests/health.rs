@@ -196,8 +196,10 @@ fn docker_health_status_drives_the_tunnel_state() {
     wait_for("unhealthy again: down", || tunnel_up(&pin) == Some(false));
 }
 
-/// A stand-in for Gluetun's control server, answering as Gluetun documents
-/// (`GET /v1/vpn/status` -> `{"status":"running"}`), inside the gateway's namespace.
+/// A stand-in for Gluetun's control server, answering as Gluetun does today
+/// (`GET /v1/vpn/status` -> `{"status":"running"}`) to a request with the API key of a role
+/// for that route, and `401` with body `Unauthorized` to any other (no key, a wrong one),
+/// inside the gateway's namespace.
 struct ControlServer {
     status: Arc<Mutex<&'static str>>,
     keys: Arc<Mutex<Vec<String>>>,
@@ -205,7 +207,7 @@ struct ControlServer {
 }
 
 impl ControlServer {
-    fn start(netns: &std::path::Path) -> Self {
+    fn start(netns: &std::path::Path, role_key: &'static str) -> Self {
         let listener = netguard::netns::run_in(netns, || TcpListener::bind("127.0.0.1:8000"))
             .unwrap()
             .unwrap();
@@ -240,10 +242,18 @@ impl ControlServer {
                     keys.lock().unwrap().push(key.trim().to_string());
                 }
                 let body = format!("{{\"status\":\"{}\"}}", status.lock().unwrap());
-                let response = if request
+                let key = request
+                    .iter()
+                    .find_map(|l| l.strip_prefix("X-API-Key: "))
+                    .map(str::trim);
+                let route = request
                     .first()
-                    .is_some_and(|l| l.starts_with("GET /v1/vpn/status "))
-                {
+                    .is_some_and(|l| l.starts_with("GET /v1/vpn/status "));
+                let response = if route && key != Some(role_key) {
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain; charset=utf-8\r\n\
+                     Content-Length: 13\r\n\r\nUnauthorized\n"
+                        .to_string()
+                } else if route {
                     format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                         body.len()
@@ -281,7 +291,7 @@ fn gluetun_control_server_drives_the_tunnel_state() {
     let (client, _) = behind(&lab, &gw, &pin);
     // Unreachable control server: down.
     wait_for("unreachable: down", || tunnel_up(&pin) == Some(false));
-    let server = ControlServer::start(&netns);
+    let server = ControlServer::start(&netns, "ngt-secret");
     wait_for("running: up", || tunnel_up(&pin) == Some(true));
     assert!(
         lab.exec_probe(&client, &["udp", &addr(INTERNET_V4), "7120", "1", "8"])
@@ -355,4 +365,134 @@ fn measured_from_the_down_decision_to_the_first_refused_packet() {
     );
     // The agent's own health rounds would flip it back; nothing here relies on timing.
     assert_eq!(latencies.len(), 20);
+}
+
+/// What a container sent, split by the way it left, as `/metrics` says.
+fn sent_by_path(api: std::net::SocketAddr, container: &str) -> Vec<(String, f64, f64)> {
+    let (_, text) = netguard_tests::http::get(api, "/metrics");
+    let samples = netguard_tests::http::parse_exposition(&text);
+    let value = |name: &str, path: &str| {
+        samples
+            .iter()
+            .find(|s| {
+                s.name == name
+                    && container.starts_with(s.label("container_id").unwrap_or("-"))
+                    && s.label("path") == Some(path)
+            })
+            .map_or(0.0, |s| s.value)
+    };
+    ["tunnel", "internal", "endpoint", "direct"]
+        .into_iter()
+        .map(|path| {
+            (
+                path.to_string(),
+                value("netguard_container_transmit_path_bytes_total", path),
+                value("netguard_container_transmit_path_packets_total", path),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn what_a_container_sends_is_counted_by_the_way_it_left() {
+    let lab = DockerLab::new();
+    let pin = PinDir::new();
+    let agent = lab.start_agent(&pin, "");
+    let api = agent.http_address();
+    let endpoint = format!(
+        "netguard.endpoints={}:{}/udp",
+        addr(netguard_tests::lab::VPN_V4),
+        netguard_tests::wireguard::ENDPOINT_PORT
+    );
+    let (gw, _netns, tunnel) = gateway(&lab, &[&endpoint], &[]);
+    let (client, _) = behind(&lab, &gw, &pin);
+    wait_for("the tunnel up", || {
+        tunnel.handshake_done() && tunnel_up(&pin) == Some(true)
+    });
+    // 3 datagrams of 100 bytes through the tunnel, 2 to the LAN (internal), 1 to the VPN
+    // server (an endpoint): 128, 128 and 128 bytes each as IP packets.
+    for (to, port, count) in [
+        (addr(INTERNET_V4), "7130", "3"),
+        (addr(netguard_tests::lab::LAN_V4), "7131", "2"),
+        (addr(netguard_tests::lab::VPN_V4), "51820", "1"),
+    ] {
+        let sent = lab.exec_probe(&client, &["udp", &to, port, count, "100"]);
+        assert!(sent.ok, "{to}: {sent:?}");
+    }
+    let expected = [
+        ("tunnel".to_string(), 384.0, 3.0),
+        ("internal".to_string(), 256.0, 2.0),
+        ("endpoint".to_string(), 128.0, 1.0),
+        ("direct".to_string(), 0.0, 0.0),
+    ];
+    wait_for("the split in /metrics", || {
+        sent_by_path(api, &client) == expected
+    });
+    // The gateway itself is only counted: its traffic (the tunnel's carrier) left directly.
+    assert!(
+        sent_by_path(api, &gw)[3].2 > 0.0,
+        "{:?}",
+        sent_by_path(api, &gw)
+    );
+}
+
+#[test]
+fn gluetun_credentials_come_from_a_file_and_a_refusal_is_named_as_such() {
+    let lab = DockerLab::new();
+    let pin = PinDir::new();
+    let secrets = netguard_tests::TempDir::new("gluetun-key");
+    let key_file = secrets.path.join("apikey");
+    std::fs::write(&key_file, "wrong-key\n").unwrap();
+    let agent = lab.start_agent(
+        &pin,
+        &format!(
+            "[[gluetun_auth]]\napi_key_file = {:?}\n",
+            key_file.display().to_string()
+        ),
+    );
+    let api = agent.http_address();
+    // No label carries the key.
+    let (gw, netns, _tunnel) = gateway(&lab, &["netguard.health=gluetun"], &[]);
+    let (client, _) = behind(&lab, &gw, &pin);
+    let _server = ControlServer::start(&netns, "k3y-of-the-role");
+    // The wrong key: refused, said so (not a tunnel outage), and still down.
+    let why_down = || {
+        let (_, body) = netguard_tests::http::get(api, "/api/v1/gateways");
+        let gateways: serde_json::Value = serde_json::from_str(&body).unwrap();
+        gateways[0]["down_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    wait_for("the refusal named", || {
+        why_down().contains("the control server refused netguard's credentials (HTTP 401")
+    });
+    assert_eq!(tunnel_up(&pin), Some(false));
+    let held = lab.exec_probe(&client, &["udp", &addr(INTERNET_V4), "7140", "1", "8"]);
+    assert_eq!(held.errno, EPERM, "{held:?}");
+    let doctor = netguard_tests::agent::netguard_through(&[])
+        .args(["doctor", "--agent", &api.to_string()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        said.contains("gluetun auth") && said.contains("refused netguard's credentials"),
+        "{said}"
+    );
+    let status = netguard_tests::agent::netguard_through(&[])
+        .args(["status", "--agent", &api.to_string()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        said.contains("why down: gluetun: the control server refused"),
+        "{said}"
+    );
+    // The right key in the file (rotated, no restart): up.
+    std::fs::write(&key_file, "k3y-of-the-role\n").unwrap();
+    wait_for("the role's key accepted: up", || {
+        tunnel_up(&pin) == Some(true)
+    });
+    let through = lab.exec_probe(&client, &["udp", &addr(INTERNET_V4), "7141", "1", "8"]);
+    assert!(through.ok, "{through:?}");
 }

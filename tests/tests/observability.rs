@@ -77,8 +77,11 @@ fn dashboard_expressions() -> Vec<String> {
             exprs.push(target["expr"].as_str().unwrap().to_string());
         }
     }
+    // Query variables (the data source variable has no expression).
     for variable in dashboard["templating"]["list"].as_array().unwrap() {
-        exprs.push(variable["definition"].as_str().unwrap().to_string());
+        if let Some(definition) = variable["definition"].as_str() {
+            exprs.push(definition.to_string());
+        }
     }
     exprs
 }
@@ -94,7 +97,10 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 /// Grafana's variables as Prometheus would see them.
 fn as_promql(expr: &str) -> String {
     expr.replace("$__rate_interval", "1m")
+        .replace("$__range", "5m")
         .replace("$container", ".*")
+        .replace("$instance", ".*")
+        .replace("$job", ".*")
 }
 
 #[test]
@@ -194,7 +200,7 @@ fn prometheus_scrapes_each_containers_bytes_with_the_documented_labels() {
         for rule in &rules {
             assert_ne!(rule["health"], "err", "alert rule failed: {rule}");
         }
-        rules.len() == 6 && rules.iter().all(|r| r["health"] == "ok")
+        rules.len() == 8 && rules.iter().all(|r| r["health"] == "ok")
     });
     // Nothing is firing that should not: the protected container is protected.
     let unprotected = prometheus.query("ALERTS{alertname=\"NetguardContainerUnprotected\"}");
@@ -623,4 +629,73 @@ fn scrape_cost_with_200_containers() {
         ticks as f64 / hz * 1000.0 / scrapes as f64,
         rss()
     );
+}
+
+#[test]
+fn an_unresolved_gateway_reference_and_a_stranded_container_are_loud() {
+    let lab = DockerLab::new();
+    let pin = PinDir::new();
+    let agent = lab.start_agent(&pin, "");
+    let api = agent.http_address();
+    let typo = lab.start(&[PROTECTED, "netguard.gateway=gluten"], &[]);
+    let gateway = lab.start(&["netguard.role=vpn-gateway"], &[]);
+    wait_classified(api, &gateway);
+    // Joins the gateway's namespace (without netguard.heal: reported only).
+    let dependent = lab.start(
+        &[PROTECTED],
+        &["--network", &format!("container:{gateway}")],
+    );
+    wait_for("both classified", || {
+        container(api, &typo).is_some_and(|c| c.gateway_unresolved.as_deref() == Some("gluten"))
+            && container(api, &dependent).is_some_and(|c| c.gateway.is_some())
+    });
+    let status = container(api, &typo).unwrap();
+    assert!(
+        status.gateway.is_none()
+            && status
+                .problems
+                .iter()
+                .any(|p| p.contains("\"gluten\" matches no gateway")),
+        "{status:?}"
+    );
+    assert_eq!(
+        value_of(
+            &metrics(api),
+            "netguard_container_gateway_unresolved",
+            &typo,
+            None
+        ),
+        Some(1.0)
+    );
+    assert!(agent.count("matches no gateway container") >= 1);
+    assert_eq!(
+        value_of(
+            &metrics(api),
+            "netguard_container_stranded",
+            &dependent,
+            None
+        ),
+        Some(0.0)
+    );
+
+    netguard_tests::sh(&["docker", "restart", "-t", "1", &gateway]);
+    let name = docker_name(&gateway);
+    wait_for("the dependent reported stranded", || {
+        container(api, &dependent).is_some_and(|c| c.stranded.as_deref() == Some(name.as_str()))
+    });
+    assert_eq!(
+        value_of(
+            &metrics(api),
+            "netguard_container_stranded",
+            &dependent,
+            None
+        ),
+        Some(1.0)
+    );
+    let status = container(api, &dependent).unwrap();
+    assert!(
+        status.problems.iter().any(|p| p.contains("stranded")),
+        "{status:?}"
+    );
+    assert!(agent.count("stranded:") >= 1);
 }

@@ -27,6 +27,31 @@ pub fn sweep(netguard: &Path) {
             .output();
         println!("removed containers: {}", containers.join(" "));
     }
+    // The Compose test's stack (its containers carry Compose's labels, not the lab's) and
+    // what its agent pinned, as the marker the test keeps in `target/` meanwhile says.
+    if let Some(marker) = netguard
+        .parent()
+        .and_then(Path::parent)
+        .map(|target| target.join("ngt-compose-stack"))
+        && let Ok(text) = fs::read_to_string(&marker)
+    {
+        let lines: Vec<&str> = text.lines().collect();
+        if let [pin_dir, env, project] = lines[..] {
+            let filter = format!("label=com.docker.compose.project={project}");
+            for id in words(&output_of(
+                Command::new("docker").args(["ps", "-aq", "--filter", &filter]),
+            )) {
+                quiet("docker", &["rm", "-f", &id]);
+                println!("removed container {id} of the Compose test's stack {project}");
+            }
+            let _ = Command::new(netguard)
+                .args(["unload", "--pin-dir", pin_dir])
+                .status();
+            let _ = fs::remove_file(env);
+            println!("unloaded {pin_dir} and removed {env} of the Compose test");
+        }
+        let _ = fs::remove_file(&marker);
+    }
     for network in lab_names(&output_of(Command::new("docker").args([
         "network",
         "ls",

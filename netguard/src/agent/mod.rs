@@ -14,7 +14,7 @@ pub use self::start::{Started, start};
 use crate::{
     cgroup::Hierarchy,
     config::{Config, ConfigError},
-    docker::Watcher,
+    docker::{Follow, Watcher},
     http,
     kernel::{Maps, events, log},
     report::Report,
@@ -87,8 +87,12 @@ pub async fn run(config: Config) -> Result<()> {
         Some(socket) => {
             let hierarchy = Hierarchy::open(&root)?;
             let watcher = Watcher::new(
-                socket.clone(),
-                config.resync,
+                Follow {
+                    socket: socket.clone(),
+                    resync: config.resync,
+                    heal_stranded: config.heal_stranded,
+                    gluetun_auth: config.gluetun_auth.clone(),
+                },
                 datapath,
                 applier,
                 hierarchy,

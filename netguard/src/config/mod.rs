@@ -19,65 +19,8 @@ use thiserror::Error;
 
 use crate::domain::{Endpoint, parse_cidr};
 
-// Every default netguard uses, in one place.
-
-/// bpffs directory holding every pinned map and link.
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/netguard";
-/// The Docker Engine API socket.
-pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
-/// Where the HTTP server listens by default: this host only. Metrics name containers; expose
-/// them beyond the host on purpose (`--listen 0.0.0.0:9477`).
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
-/// How long a destroyed container's series stay in `/metrics` by default: long enough for
-/// a few scrapes to see its last values.
-pub const DEFAULT_METRICS_GRACE: Duration = Duration::from_secs(300);
-/// Destinations every protected container may reach: loopback, link-local, local multicast
-/// (ARP/NDP/IGMP need them) and limited broadcast.
-pub const BUILTIN_INTERNAL_CIDRS: [&str; 7] = [
-    "127.0.0.0/8",
-    "169.254.0.0/16",
-    "224.0.0.0/24",
-    "255.255.255.255/32",
-    "::1/128",
-    "fe80::/10",
-    "ff02::/16",
-];
-/// Tunnel interfaces looked for in a gateway's namespace, in order.
-pub const DEFAULT_TUNNELS: [&str; 2] = ["wg0", "tun0"];
-/// Gluetun's control server, inside its network namespace.
-pub const DEFAULT_GLUETUN: &str = "127.0.0.1:8000";
-/// Bound on the age of a WireGuard gateway's latest handshake.
-pub const DEFAULT_HANDSHAKE_MAX_AGE: Duration = Duration::from_secs(180);
-/// Bad health rounds before a tunnel counts as down (1: at once).
-pub const DEFAULT_DOWN_AFTER: u32 = 1;
-/// Good health rounds before a tunnel counts as up again.
-pub const DEFAULT_UP_AFTER: u32 = 2;
-/// How long one health source may take before it counts as unreachable.
-pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_millis(800);
-/// How often each gateway's tunnel health is checked (and its interface looked up again).
-pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
-/// How often processes stopped by the raw-socket guard are looked at (continued once their
-/// namespace's backstop is in place).
-pub const STOPPED_POLL: Duration = Duration::from_millis(50);
-/// How often everything is reconciled with Docker again, whatever the events said (events
-/// can be lost; a write can fail).
-pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
-/// Longest wait between attempts to reach Docker.
-pub const DOCKER_MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Instances (cgroups) remembered per container: a crash loop makes one per start.
-pub const INSTANCES_KEPT: usize = 16;
-/// Directories a full sync looks at when it walks the cgroup tree for unknown containers.
-pub const CGROUP_WALK_LIMIT: usize = 20_000;
-/// Blocked flows kept for `/api/v1/flows`.
-pub const RECENT_FLOWS: usize = 1024;
-/// Blocked flows kept per container for `/api/v1/containers`.
-pub const RECENT_PER_CONTAINER: usize = 10;
-/// Live flow-stream readers that fall this far behind lose the oldest flows (and are told).
-pub const LIVE_BACKLOG: usize = 1024;
-/// Live flow streams (`/api/v1/flows/stream`) served at once by default.
-pub const DEFAULT_MAX_FLOW_STREAMS: usize = 8;
-/// How long the CLI waits for the agent's answer (not for the live flow stream).
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+mod defaults;
+pub use self::defaults::*;
 
 /// A configuration error: one line naming the value and the fix. The agent exits 64.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -119,6 +62,12 @@ pub struct FileConfig {
     /// The host's interfaces that carry the backstop when a protected container shares the
     /// host's network namespace (`--network host`); default: every one.
     pub backstop_host_interfaces: Option<Vec<String>>,
+    /// Restart containers stranded in a restarted gateway's old network namespace (default
+    /// false; `netguard.heal=restart|off` on a container decides for it).
+    pub heal_stranded: Option<bool>,
+    /// Credentials for gateways' Gluetun control servers.
+    #[serde(default)]
+    pub gluetun_auth: Vec<gluetun::FileGluetunAuth>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +114,11 @@ pub struct FlagConfig {
     pub api_token_file: Option<PathBuf>,
     pub max_flow_streams: Option<usize>,
     pub resync_secs: Option<u64>,
+    pub heal_stranded: bool,
+    /// `--gluetun-api-key-file`: for every gateway without credentials of its own.
+    pub gluetun_api_key_file: Option<PathBuf>,
+    /// `NETGUARD_GLUETUN_API_KEY`: the same, given as a value.
+    pub gluetun_api_key: Option<gluetun::Secret>,
 }
 
 /// The validated configuration.
@@ -187,6 +141,9 @@ pub struct Config {
     pub resync: Duration,
     /// `None`: every interface of the host's namespace.
     pub backstop_host_interfaces: Option<Vec<String>>,
+    pub heal_stranded: bool,
+    /// Credentials for Gluetun control servers, the most specific first.
+    pub gluetun_auth: Vec<gluetun::GluetunAuth>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -317,7 +274,10 @@ impl Config {
             .max_flow_streams
             .or(file.max_flow_streams)
             .unwrap_or(DEFAULT_MAX_FLOW_STREAMS);
+        let gluetun_auth = gluetun::credentials(file.gluetun_auth, flags)?;
         Ok(Self {
+            heal_stranded: flags.heal_stranded || file.heal_stranded.unwrap_or(false),
+            gluetun_auth,
             listen,
             metrics_grace,
             api_token_file: flags.api_token_file.clone().or(file.api_token_file),
@@ -388,5 +348,6 @@ fn known(names: &HashSet<String>) -> String {
     }
 }
 
+pub mod gluetun;
 #[cfg(test)]
 mod tests;

@@ -7,11 +7,12 @@ use std::{
 };
 
 use crate::{
+    config::gluetun::GluetunAuth,
     domain::ContainerId,
-    reconcile::{Container, Tunnel},
+    reconcile::{Container, Tunnel, gateways::names},
     tunnel::{
         HealthPolicy, TunnelHealth,
-        probe::{FoundTunnel, HealthJob, HealthRound, find_tunnel},
+        probe::{FoundTunnel, GluetunCredentials, HealthJob, HealthRound, find_tunnel},
     },
 };
 
@@ -44,12 +45,43 @@ pub enum Change {
 }
 
 /// Every running gateway container's tunnel.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct GatewayTunnels {
     tracked: BTreeMap<ContainerId, Tracked>,
+    /// Credentials for Gluetun control servers, the most specific first.
+    auth: Vec<GluetunAuth>,
 }
 
 impl GatewayTunnels {
+    pub fn new(auth: Vec<GluetunAuth>) -> Self {
+        Self {
+            tracked: BTreeMap::new(),
+            auth,
+        }
+    }
+
+    /// The configured credentials for `gateway`'s Gluetun control server: its own entry
+    /// (one whose reference names this gateway and no other), and the default.
+    fn gluetun_auth(
+        &self,
+        gateway: &Container,
+        containers: &BTreeMap<ContainerId, Container>,
+    ) -> GluetunCredentials {
+        let own = self.auth.iter().find(|auth| {
+            auth.gateway.as_deref().is_some_and(|reference| {
+                let mut named = containers
+                    .values()
+                    .filter(|c| c.labels.is_gateway && names(reference, c));
+                matches!((named.next(), named.next()), (Some(one), None) if one.id == gateway.id)
+            })
+        });
+        let default = self.auth.iter().find(|auth| auth.gateway.is_none());
+        GluetunCredentials {
+            own: own.map(|auth| auth.method.clone()),
+            default: default.map(|auth| auth.method.clone()),
+        }
+    }
+
     /// Follows the containers: a new gateway, a new process or a new tunnel interface starts
     /// down; a stopped or removed gateway is forgotten (its tunnel is down).
     pub fn sync(&mut self, containers: &BTreeMap<ContainerId, Container>) {
@@ -97,6 +129,7 @@ impl GatewayTunnels {
                     names: container.labels.tunnel_interfaces.clone(),
                     policy: tracked.policy.clone(),
                     docker_healthy: container.docker_healthy,
+                    gluetun_auth: self.gluetun_auth(container, containers),
                 })
             })
             .collect()

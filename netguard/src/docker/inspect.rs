@@ -23,6 +23,11 @@ use crate::{
 /// What an inspect found.
 pub struct Inspected {
     pub name: String,
+    /// Its Compose project (or Swarm stack) and service, from labels set on the container
+    /// itself: an image's copy of them could make a gateway reference mean another
+    /// container.
+    pub project: Option<String>,
+    pub service: Option<String>,
     pub labels: ContainerLabels,
     pub network_mode: String,
     /// Docker's health status, if it has a HEALTHCHECK.
@@ -188,11 +193,25 @@ fn from_parts(
     docker_healthy: Option<bool>,
     image_labels: ImageLabels<'_>,
 ) -> Inspected {
+    let image_labels_ref = &image_labels;
     let labels = ContainerLabels::parse_container(
         raw_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        image_labels,
+        match image_labels_ref {
+            ImageLabels::Known(image) => ImageLabels::Known(image),
+            ImageLabels::Unknown => ImageLabels::Unknown,
+        },
     );
     let label = |key: &str| raw_labels.get(key).cloned();
+    let own = |key: &str| {
+        let value = raw_labels.get(key).filter(|v| !v.is_empty())?;
+        match &image_labels_ref {
+            ImageLabels::Known(image) if image.get(key) != Some(value) => Some(value.clone()),
+            _ => None,
+        }
+    };
+    let project = own("com.docker.compose.project").or_else(|| own("com.docker.stack.namespace"));
+    let service =
+        own("com.docker.compose.service").or_else(|| own("com.docker.swarm.service.name"));
     let facts = ContainerFacts {
         name: name.clone(),
         image,
@@ -205,7 +224,7 @@ fn from_parts(
             .unwrap_or_default(),
         vpn_required: labels.protected,
         vpn_gateway: labels.is_gateway,
-        gateway: None,
+        decided: Default::default(),
         cgroup_path: None,
         running: false,
         privileged: false,
@@ -213,10 +232,44 @@ fn from_parts(
     };
     Inspected {
         name,
+        project,
+        service,
         network_mode,
         docker_healthy,
         labels,
         running: None,
         facts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An image could carry Compose's labels and pose as a project's service, so that a
+    /// gateway reference means it: only the container's own count.
+    #[test]
+    fn compose_labels_from_the_image_name_no_project() {
+        let labels: HashMap<String, String> = [
+            ("com.docker.compose.project", "media"),
+            ("com.docker.compose.service", "gluetun"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        let parts = |image: ImageLabels<'_>| {
+            let found = from_parts("x".into(), &labels, String::new(), "i".into(), None, image);
+            (found.project, found.service)
+        };
+        assert_eq!(
+            parts(ImageLabels::Known(&labels)),
+            (None, None),
+            "the image's own values"
+        );
+        assert_eq!(parts(ImageLabels::Unknown), (None, None), "not known yet");
+        let empty = HashMap::new();
+        assert_eq!(
+            parts(ImageLabels::Known(&empty)),
+            (Some("media".into()), Some("gluetun".into()))
+        );
     }
 }

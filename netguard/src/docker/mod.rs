@@ -8,6 +8,7 @@
 //! what is in the kernel keeps enforcing.
 
 mod gateways;
+mod heal;
 mod inspect;
 mod sync;
 mod upkeep;
@@ -32,7 +33,7 @@ use tracing::{debug, warn};
 use self::gateways::GatewayTunnels;
 use crate::{
     cgroup::Hierarchy,
-    config::{DOCKER_MAX_BACKOFF, HEALTH_INTERVAL},
+    config::{DOCKER_MAX_BACKOFF, HEALTH_INTERVAL, gluetun::GluetunAuth},
     domain::{CgroupId, ContainerId},
     kernel::Datapath,
     reconcile::{Container, Decision, StaticPolicy, apply::Applier},
@@ -40,11 +41,24 @@ use crate::{
     tunnel::probe::{HealthJob, HealthRound},
 };
 
+/// How the watcher follows Docker.
+pub struct Follow {
+    pub socket: PathBuf,
+    /// How often everything is reconciled again, whatever the events said.
+    pub resync: Duration,
+    /// Restart stranded containers unless labelled `netguard.heal=off`.
+    pub heal_stranded: bool,
+    pub gluetun_auth: Vec<GluetunAuth>,
+}
+
 /// Follows Docker and keeps the kernel in line with it.
 pub struct Watcher {
     socket: PathBuf,
     /// How often everything is reconciled again, whatever the events said.
     resync: Duration,
+    /// Containers stuck in a restarted gateway's old namespace, with the gateway.
+    stranded: BTreeMap<ContainerId, String>,
+    healer: heal::Healer,
     datapath: Datapath,
     applier: Applier,
     hierarchy: Hierarchy,
@@ -74,8 +88,7 @@ pub struct Watcher {
 
 impl Watcher {
     pub fn new(
-        socket: PathBuf,
-        resync: Duration,
+        follow: Follow,
         datapath: Datapath,
         applier: Applier,
         hierarchy: Hierarchy,
@@ -83,14 +96,16 @@ impl Watcher {
         report: Arc<Report>,
     ) -> Self {
         Self {
-            socket,
-            resync,
+            socket: follow.socket,
+            resync: follow.resync,
+            stranded: BTreeMap::new(),
+            healer: heal::Healer::new(follow.heal_stranded),
             datapath,
             applier,
             hierarchy,
             statics,
             containers: BTreeMap::new(),
-            tunnels: GatewayTunnels::default(),
+            tunnels: GatewayTunnels::new(follow.gluetun_auth),
             discovered_internal: Vec::new(),
             decisions: BTreeMap::new(),
             problems: HashSet::new(),
@@ -168,6 +183,7 @@ impl Watcher {
                 Some(done) = rounds.join_next() => {
                     let rounds = done.context("a health round panicked")?;
                     self.on_health(rounds);
+                    self.heal(&docker);
                 }
             }
         }

@@ -124,6 +124,8 @@ impl Watcher {
             Container::new(id.clone(), String::new(), ContainerLabels::default())
         });
         container.name = found.name.clone();
+        container.project = found.project.clone();
+        container.service = found.service.clone();
         container.labels = found.labels;
         container.network_mode = found.network_mode;
         container.docker_healthy = found.docker_healthy;
@@ -173,8 +175,8 @@ impl Watcher {
         }
         self.report.container_seen(id, found.facts, cgroup);
         if let Some((decision, _)) = self.decisions.get(id) {
-            self.report
-                .set_gateway(id, decision.gateway.gateway().map(str::to_string));
+            let (gateway, unresolved) = decision.gateway.shown();
+            self.report.set_gateway(id, gateway, unresolved);
         }
     }
 
@@ -213,6 +215,7 @@ impl Watcher {
             .apply(&desired, &mut self.datapath, Prune::Yes, now_secs());
         self.freeze_unenforced(&applied.unwritten);
         self.log_applied(applied);
+        self.note_stranded();
         for problem in &desired.problems {
             if self.problems.insert(problem.clone()) {
                 warn!("{problem}");
@@ -233,8 +236,17 @@ impl Watcher {
                 gateway = ?now.0.gateway,
                 "classified"
             );
-            self.report
-                .set_gateway(&id, now.0.gateway.gateway().map(str::to_string));
+            if let Some(reference) = now.0.gateway.unresolved() {
+                warn!(
+                    container = container.name,
+                    id = id.short(),
+                    "netguard.gateway={reference:?} matches no gateway container (by name, \
+                     Compose service of its project, or id prefix): it may use no tunnel until \
+                     it does; fix the label, or label the gateway netguard.role=vpn-gateway"
+                );
+            }
+            let (gateway, unresolved) = now.0.gateway.shown();
+            self.report.set_gateway(&id, gateway, unresolved);
             self.decisions.insert(id, now);
         }
     }
@@ -260,6 +272,14 @@ impl Watcher {
                 }
             }
         }
+        let tunnels = self.tunnels.tunnels();
+        let reasons = self
+            .containers
+            .values()
+            .filter(|c| tunnels.get(&c.id).is_some_and(|t| !t.up))
+            .filter_map(|c| Some((c.name.clone(), self.tunnels.last_reason(&c.id)?.to_string())))
+            .collect();
+        self.report.set_down_reasons(reasons);
         if changed {
             let desired = self.desired();
             let mut applied = Applied::default();

@@ -33,6 +33,22 @@ impl GatewayChoice {
             GatewayChoice::NotProtected | GatewayChoice::Missing(_) | GatewayChoice::None => None,
         }
     }
+
+    /// The `netguard.gateway` reference that matches no gateway.
+    pub fn unresolved(&self) -> Option<&str> {
+        match self {
+            GatewayChoice::Missing(reference) => Some(reference),
+            _ => None,
+        }
+    }
+
+    /// What the report shows: the gateway, and the reference that matched none.
+    pub fn shown(&self) -> (Option<String>, Option<String>) {
+        (
+            self.gateway().map(str::to_string),
+            self.unresolved().map(str::to_string),
+        )
+    }
 }
 
 /// The rules, in order: the container's own label, then the gateway whose network namespace
@@ -44,25 +60,94 @@ pub fn choose(
     if !container.labels.protected {
         return GatewayChoice::NotProtected;
     }
-    let gateways = || containers.values().filter(|c| c.labels.is_gateway);
-    if let Some(name) = &container.labels.gateway {
-        return match gateways().find(|g| &g.name == name) {
-            Some(gateway) => GatewayChoice::Named(gateway.name.clone()),
-            None => GatewayChoice::Missing(name.clone()),
-        };
-    }
-    if let Some(joined) = container
+    let joined = container
         .joins()
         .and_then(|reference| find(reference, containers))
-        && joined.labels.is_gateway
-    {
+        .filter(|joined| joined.labels.is_gateway);
+    if let Some(reference) = &container.labels.gateway {
+        // In a gateway's namespace, only that gateway's tunnel can carry it: a label naming
+        // another is a mistake, and resolves to nothing (loudly).
+        return match resolve(reference, container, containers) {
+            Some(gateway) if joined.is_none_or(|j| j.id == gateway.id) => {
+                GatewayChoice::Named(gateway.name.clone())
+            }
+            _ => GatewayChoice::Missing(reference.clone()),
+        };
+    }
+    if let Some(joined) = joined {
         return GatewayChoice::SharedNamespace(joined.name.clone());
     }
-    let mut all = gateways();
+    let mut all = containers.values().filter(|c| c.labels.is_gateway);
     match (all.next(), all.next()) {
         (Some(only), None) => GatewayChoice::Only(only.name.clone()),
         _ => GatewayChoice::None,
     }
+}
+
+/// The gateway a `netguard.gateway` reference of `from` means, as a user writes it: a
+/// service of `from`'s own Compose project or Swarm stack (`gluetun`), a container name
+/// (`gluetun`, or Compose's `media_gluetun_1` / `media-gluetun-1`), or an id prefix of 4+
+/// hex digits. Every rule that matches must match the same one gateway: `None` when none
+/// does, or when they disagree (a `gluetun` elsewhere must not stand in for the project's
+/// own).
+pub fn resolve<'a>(
+    reference: &str,
+    from: &Container,
+    containers: &'a BTreeMap<ContainerId, Container>,
+) -> Option<&'a Container> {
+    let gateways = || containers.values().filter(|c| c.labels.is_gateway);
+    let by_service = match &from.project {
+        Some(project) => gateways()
+            .filter(|g| g.project.as_ref() == Some(project) && serves(g, project, reference))
+            .collect(),
+        None => Vec::new(),
+    };
+    let by_name = gateways().filter(|g| g.name == reference).collect();
+    let by_prefix = if reference.len() >= 4 && reference.bytes().all(|b| b.is_ascii_hexdigit()) {
+        gateways()
+            .filter(|g| g.id.matches_prefix(reference))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut found: Option<&Container> = None;
+    for matches in [by_service, by_name, by_prefix] {
+        match (matches.as_slice(), found) {
+            ([], _) => {}
+            ([one], None) => found = Some(one),
+            ([one], Some(already)) if one.id == already.id => {}
+            _ => return None,
+        }
+    }
+    found
+}
+
+/// Whether `gateway` is service `reference` of `project` (Compose), or `<project>_<reference>`
+/// (a Swarm stack's service).
+fn serves(gateway: &Container, project: &str, reference: &str) -> bool {
+    gateway.service.as_deref().is_some_and(|service| {
+        service == reference
+            || service
+                .strip_prefix(project)
+                .and_then(|rest| rest.strip_prefix('_'))
+                == Some(reference)
+    })
+}
+
+/// Whether `reference`, written in the agent's configuration, names `gateway`: its name, its
+/// Compose service (or Swarm service, with or without the stack's prefix), or an id prefix.
+pub fn names(reference: &str, gateway: &Container) -> bool {
+    let service = gateway.service.as_deref().unwrap_or_default();
+    let stack_service = gateway
+        .project
+        .as_ref()
+        .map(|project| format!("{project}_{reference}"));
+    gateway.name == reference
+        || (!service.is_empty()
+            && (service == reference || Some(service) == stack_service.as_deref()))
+        || (reference.len() >= 4
+            && reference.bytes().all(|b| b.is_ascii_hexdigit())
+            && gateway.id.matches_prefix(reference))
 }
 
 /// The container Docker means by `reference`: its name, its id or an id prefix.
@@ -74,4 +159,19 @@ pub fn find<'a>(
         .values()
         .find(|c| c.name == reference)
         .or_else(|| containers.values().find(|c| c.id.matches_prefix(reference)))
+}
+
+/// Containers stuck in the network namespace of a gateway that has since got a new one (it
+/// restarted: `network_mode: service:gluetun` joined the old one, which has no way out any
+/// more), with that gateway's name.
+pub fn stranded(containers: &BTreeMap<ContainerId, Container>) -> BTreeMap<ContainerId, String> {
+    let cookie = |c: &Container| Some(c.running.as_ref()?.netns.as_ref()?.cookie);
+    containers
+        .values()
+        .filter_map(|container| {
+            let gateway = find(container.joins()?, containers)?;
+            let stuck = gateway.labels.is_gateway && cookie(container)? != cookie(gateway)?;
+            stuck.then(|| (container.id.clone(), gateway.name.clone()))
+        })
+        .collect()
 }

@@ -35,6 +35,9 @@ pub struct Container {
     pub id: ContainerId,
     /// Docker's name, without the leading `/`.
     pub name: String,
+    /// Its Compose project (or Swarm stack) and service, from Docker's labels.
+    pub project: Option<String>,
+    pub service: Option<String>,
     pub labels: ContainerLabels,
     /// Docker's `HostConfig.NetworkMode`: `container:<id or name>` when it joins another
     /// container's network namespace.
@@ -53,6 +56,8 @@ impl Container {
         Self {
             id,
             name,
+            project: None,
+            service: None,
             labels,
             network_mode: String::new(),
             running: None,

@@ -7,7 +7,7 @@ mod status;
 mod unknown;
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     path::PathBuf,
     sync::{
         Mutex, RwLock,
@@ -50,6 +50,17 @@ impl DockerSync {
     }
 }
 
+/// What the watcher decided about a container's gateway.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decided {
+    /// The gateway whose tunnel it may use.
+    pub gateway: Option<String>,
+    /// Its `netguard.gateway` reference, when that matches no gateway container.
+    pub unresolved: Option<String>,
+    /// The gateway whose old network namespace it is stuck in (the gateway got a new one).
+    pub stranded: Option<String>,
+}
+
 /// A container as Docker described it at its last reconcile.
 #[derive(Clone, Debug, Default)]
 pub struct ContainerFacts {
@@ -59,7 +70,8 @@ pub struct ContainerFacts {
     pub compose_service: String,
     pub vpn_required: bool,
     pub vpn_gateway: bool,
-    pub gateway: Option<String>,
+    /// What the watcher decided (not Docker's fact: it stays across inspects).
+    pub decided: Decided,
     /// The running instance's cgroup path (to tell whether an attached cgroup covers it).
     pub cgroup_path: Option<PathBuf>,
     pub running: bool,
@@ -99,6 +111,8 @@ pub struct Report {
     live: broadcast::Sender<BlockedFlowRecord>,
     docker: AtomicU8,
     label_problems: AtomicU64,
+    /// Why each gateway whose tunnel is down is down, by name.
+    down_reasons: RwLock<BTreeMap<String, String>>,
     /// Cgroups the programs are attached at: a protected policy elsewhere is not enforced.
     attach_cgroups: Vec<PathBuf>,
     /// How long a destroyed container's series stay in `/metrics`.
@@ -125,6 +139,7 @@ impl Report {
             live,
             docker: AtomicU8::new(sync as u8),
             label_problems: AtomicU64::new(0),
+            down_reasons: RwLock::new(BTreeMap::new()),
             attach_cgroups,
             grace,
         }
@@ -161,8 +176,8 @@ impl Report {
                 removed: None,
             });
         // The gateway is the watcher's decision, not Docker's fact: it stays.
-        let gateway = known.facts.gateway.take();
-        known.facts = ContainerFacts { gateway, ..facts };
+        let decided = std::mem::take(&mut known.facts.decided);
+        known.facts = ContainerFacts { decided, ..facts };
         known.removed = None;
         let Some(cgroup) = cgroup else {
             return;
@@ -181,10 +196,37 @@ impl Report {
         self.attribute_recent(cgroup, id, &name);
     }
 
-    /// The gateway whose tunnel the container may use, as last decided.
-    pub fn set_gateway(&self, id: &ContainerId, gateway: Option<String>) {
+    /// The gateway whose tunnel the container may use, as last decided, and whether its
+    /// reference matches none.
+    pub fn set_gateway(
+        &self,
+        id: &ContainerId,
+        gateway: Option<String>,
+        unresolved: Option<String>,
+    ) {
         if let Some(known) = self.inventory.write().unwrap().containers.get_mut(id) {
-            known.facts.gateway = gateway;
+            known.facts.decided.gateway = gateway;
+            known.facts.decided.unresolved = unresolved;
+        }
+    }
+
+    /// Why each gateway's tunnel counts as down (only those that are down).
+    pub fn set_down_reasons(&self, reasons: BTreeMap<String, String>) {
+        *self.down_reasons.write().unwrap() = reasons;
+    }
+
+    /// Fills in why the gateways read from the maps are down.
+    pub fn explain(&self, gateways: &mut [crate::api::GatewayStatus]) {
+        let reasons = self.down_reasons.read().unwrap();
+        for gateway in gateways.iter_mut().filter(|g| !g.tunnel_up) {
+            gateway.down_reason = reasons.get(&gateway.name).cloned();
+        }
+    }
+
+    /// The containers stuck in a gateway's old network namespace, with that gateway.
+    pub fn set_stranded(&self, stranded: &BTreeMap<ContainerId, String>) {
+        for (id, known) in self.inventory.write().unwrap().containers.iter_mut() {
+            known.facts.decided.stranded = stranded.get(id).cloned();
         }
     }
 
@@ -335,54 +377,4 @@ impl Report {
 }
 
 #[cfg(test)]
-mod tests {
-    use netguard_common::{BlockReason, Hook};
-
-    use super::*;
-
-    #[test]
-    fn a_flow_blocked_before_its_cgroup_was_linked_is_attributed_once_it_is() {
-        let report = Report::new(Vec::new(), Duration::from_secs(1), true, None);
-        let event = BlockedFlowEvent {
-            cgroup_id: 77,
-            destination: Some("198.18.2.2".parse().unwrap()),
-            port: 53,
-            proto: 17,
-            reason: Some(BlockReason::Unclassified),
-            hook: Some(Hook::Egress),
-            bytes: 60,
-        };
-        let early = report.blocked(&event);
-        assert_eq!(early.who(), "unclassified cgroup 77");
-        let id: ContainerId = "a".repeat(64).parse().unwrap();
-        let facts = ContainerFacts {
-            name: "qbittorrent".into(),
-            ..ContainerFacts::default()
-        };
-        report.container_seen(&id, facts, Some(77));
-        let later = &report.recent_flows(10)[0];
-        assert_eq!(later.who(), "qbittorrent (aaaaaaaaaaaa)");
-        assert_eq!(report.blocked(&event).container, "qbittorrent");
-    }
-
-    #[test]
-    fn a_crash_loop_does_not_grow_what_is_remembered() {
-        let report = Report::new(Vec::new(), Duration::from_secs(1), true, None);
-        let id: ContainerId = "a".repeat(64).parse().unwrap();
-        for cgroup in 1..=100 {
-            let facts = ContainerFacts {
-                name: "looping".into(),
-                running: true,
-                ..ContainerFacts::default()
-            };
-            report.container_seen(&id, facts, Some(cgroup));
-        }
-        let inventory = report.inventory.read().unwrap();
-        assert_eq!(
-            inventory.containers[&id].cgroups,
-            (85..=100).collect::<Vec<CgroupId>>()
-        );
-        assert_eq!(inventory.owner.len(), INSTANCES_KEPT);
-        assert!(inventory.owner.contains_key(&100) && !inventory.owner.contains_key(&84));
-    }
-}
+mod tests;

@@ -107,6 +107,20 @@ impl Report {
                         .into(),
                 );
             }
+            if let Some(reference) = &facts.decided.unresolved {
+                facts.problems.push(format!(
+                    "netguard.gateway={reference:?} matches no gateway container (by name, \
+                     Compose service of its project, or id prefix): it may not use any tunnel; \
+                     fix the label or label the gateway netguard.role=vpn-gateway"
+                ));
+            }
+            if let Some(gateway) = &facts.decided.stranded {
+                facts.problems.push(format!(
+                    "stranded: it joined {gateway}'s network namespace, which {gateway} left \
+                     when it restarted; it has no network until it is restarted (netguard \
+                     does so when it carries the label netguard.heal=restart)"
+                ));
+            }
             if facts.running && cgroups.last().is_some_and(|c| frozen.contains(c)) {
                 facts.problems.push(
                     "its policy could not be written (is the policy map full?): frozen, so it \
@@ -142,7 +156,9 @@ impl Report {
                 vpn_required: facts.vpn_required,
                 protected,
                 vpn_gateway: facts.vpn_gateway,
-                gateway: facts.gateway,
+                gateway: facts.decided.gateway,
+                gateway_unresolved: facts.decided.unresolved,
+                stranded: facts.decided.stranded,
                 running: facts.running,
                 removed: removed.is_some(),
                 recent_blocked: recent_of(&cgroups),
@@ -172,6 +188,7 @@ pub fn gateways(maps: &Maps) -> Result<Vec<GatewayStatus>> {
             tunnel_up: state.tunnel_up == 1,
             transitions: state.transitions,
             last_change_secs: state.last_change_secs,
+            down_reason: None,
         })
         .collect())
 }

@@ -6,6 +6,7 @@
 //! come back (default 2), so a flapping source cannot flap the killswitch open. The
 //! transitions themselves are counted where they take effect: in the gateway's kernel slot.
 
+pub mod gluetun;
 pub mod probe;
 pub mod wireguard;
 

@@ -11,9 +11,13 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::{Evidence, HealthPolicy, Source, wireguard};
+use super::{
+    Evidence, HealthPolicy, Source,
+    gluetun::{self, Credentials},
+    wireguard::{self, Device},
+};
 use crate::{
-    config::HEALTH_CHECK_TIMEOUT,
+    config::{HEALTH_CHECK_TIMEOUT, gluetun::Method},
     domain::{ContainerId, TunnelInterface},
     netns,
 };
@@ -29,6 +33,16 @@ pub struct HealthJob {
     pub names: Vec<String>,
     pub policy: HealthPolicy,
     pub docker_healthy: Option<bool>,
+    /// The configured credentials for its Gluetun control server.
+    pub gluetun_auth: GluetunCredentials,
+}
+
+/// A gateway's configured Gluetun credentials: an entry of its own wins over its
+/// `netguard.gluetun.apikey` label, which wins over the default for every gateway.
+#[derive(Clone, Debug, Default)]
+pub struct GluetunCredentials {
+    pub own: Option<Method>,
+    pub default: Option<Method>,
 }
 
 /// What a round found.
@@ -44,12 +58,16 @@ pub struct HealthRound {
 impl HealthJob {
     pub fn run(self) -> HealthRound {
         let tunnel = find_tunnel(self.pid, &self.names);
-        let carriers = match &tunnel {
-            Some((t, _)) => kernel_carriers(self.pid, t.ifindex),
-            None => Some(BTreeSet::new()),
+        let device = match &tunnel {
+            Some((t, _)) => kernel_device(self.pid, t.ifindex),
+            None => Ok(None),
+        };
+        let carriers = match &device {
+            Ok(device) => Some(device.iter().flat_map(Device::endpoints).collect()),
+            Err(()) => None,
         };
         let interface = tunnel.as_ref().map(|(_, name)| name.as_str());
-        let evidence = probe_sources(&self.policy, self.pid, interface, self.docker_healthy);
+        let evidence = probe_sources(&self, interface, device.ok().flatten().as_ref());
         HealthRound {
             id: self.id,
             tunnel,
@@ -59,24 +77,22 @@ impl HealthJob {
     }
 }
 
-/// The peers of tunnel `ifindex` in the network namespace of `pid`, if it is kernel
-/// WireGuard (a userspace tunnel sends from its own socket, which needs nothing); `None`
-/// when the kernel could not be asked.
-fn kernel_carriers(pid: u32, ifindex: u32) -> Option<BTreeSet<SocketAddr>> {
+/// Tunnel `ifindex` in the network namespace of `pid`, if it is kernel WireGuard: its peers
+/// (where its encrypted packets go; a userspace tunnel sends from its own socket, which
+/// needs nothing) and their handshakes. `Err` when the kernel could not be asked.
+fn kernel_device(pid: u32, ifindex: u32) -> Result<Option<Device>, ()> {
     if !wireguard::available() {
-        return Some(BTreeSet::new());
+        return Ok(None);
     }
-    let device = netns::run_in(&netns::of_process(pid), || wireguard::device(ifindex));
-    match device {
-        Ok(Ok(Some(device))) => Some(device.endpoints().collect()),
-        Ok(Ok(None)) => Some(BTreeSet::new()),
+    match netns::run_in(&netns::of_process(pid), || wireguard::device(ifindex)) {
+        Ok(Ok(device)) => Ok(device),
         Ok(Err(error)) | Err(error) => {
             tracing::warn!(
                 pid,
                 ifindex,
                 "reading the kernel WireGuard device: {error:#} (its peers stay as they were)"
             );
-            None
+            Err(())
         }
     }
 }
@@ -102,14 +118,14 @@ pub fn find_tunnel(pid: u32, names: &[String]) -> FoundTunnel {
 
 /// Gathers evidence from every source of `policy`; Docker's health status comes from the
 /// watcher, which learns it from events.
-pub fn probe_sources(
-    policy: &HealthPolicy,
-    pid: u32,
+fn probe_sources(
+    job: &HealthJob,
     interface: Option<&str>,
-    docker_healthy: Option<bool>,
+    kernel: Option<&Device>,
 ) -> Vec<(&'static str, Evidence)> {
-    let netns_path = netns::of_process(pid);
-    policy
+    let netns_path = netns::of_process(job.pid);
+    let (pid, docker_healthy) = (job.pid, job.docker_healthy);
+    job.policy
         .sources
         .iter()
         .map(|source| {
@@ -128,11 +144,20 @@ pub fn probe_sources(
                     }),
                 }),
                 Source::Gluetun { address, api_key } => {
-                    in_netns(&netns_path, || gluetun_status(*address, api_key.as_deref()))
+                    let auth = &job.gluetun_auth;
+                    let credentials = match (&auth.own, api_key, &auth.default) {
+                        (Some(method), ..) => Credentials::Configured(method.clone()),
+                        (None, Some(key), _) => Credentials::Label(key.clone()),
+                        (None, None, Some(method)) => Credentials::Configured(method.clone()),
+                        (None, None, None) => Credentials::None,
+                    };
+                    in_netns(&netns_path, || gluetun::status(*address, &credentials))
                 }
-                Source::Handshake { max_age } => match interface {
-                    None => Evidence::Down("no tunnel interface".into()),
-                    Some(name) => handshake_evidence(pid, name, *max_age),
+                Source::Handshake { max_age } => match (interface, kernel) {
+                    (None, _) => Evidence::Down("no tunnel interface".into()),
+                    // Kernel WireGuard: its generic-netlink answer has the handshakes.
+                    (Some(_), Some(device)) => fresh(device.latest_handshake(), *max_age),
+                    (Some(name), None) => handshake_evidence(pid, name, *max_age),
                 },
                 Source::Misconfigured(what) => Evidence::Down(what.clone()),
                 Source::Probe { target } => in_netns(&netns_path, || {
@@ -153,57 +178,6 @@ fn in_netns(netns_path: &Path, check: impl FnOnce() -> io::Result<Evidence> + Se
     }
 }
 
-/// `GET /v1/vpn/status` (Gluetun ≥ 3.40), else `/v1/openvpn/status` (older): running is up.
-fn gluetun_status(address: SocketAddr, api_key: Option<&str>) -> io::Result<Evidence> {
-    let mut last = Evidence::Down("no answer".into());
-    for path in ["/v1/vpn/status", "/v1/openvpn/status"] {
-        let (status, body) = match http_get(address, path, api_key) {
-            Ok(answer) => answer,
-            Err(error) => return Ok(Evidence::Down(format!("control server {address}: {error}"))),
-        };
-        if status == 404 {
-            last = Evidence::Down(format!("{path}: 404"));
-            continue;
-        }
-        if status != 200 {
-            return Ok(Evidence::Down(format!("{path}: HTTP {status}")));
-        }
-        let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
-        return Ok(if compact.contains("\"status\":\"running\"") {
-            Evidence::Up
-        } else {
-            Evidence::Down(format!("{path}: {}", body.trim()))
-        });
-    }
-    Ok(last)
-}
-
-/// A minimal HTTP/1.1 GET with `Connection: close` (the control server is local and simple).
-fn http_get(address: SocketAddr, path: &str, api_key: Option<&str>) -> io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&address, HEALTH_CHECK_TIMEOUT)?;
-    stream.set_read_timeout(Some(HEALTH_CHECK_TIMEOUT))?;
-    stream.set_write_timeout(Some(HEALTH_CHECK_TIMEOUT))?;
-    let key = api_key
-        .map(|k| format!("X-API-Key: {k}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\n{key}Connection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an HTTP response"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 /// The latest handshake of `interface`, from the userspace WireGuard UAPI socket (inside the
 /// gateway's filesystem, or the host's for a daemon run beside it).
 fn handshake_evidence(pid: u32, interface: &str, max_age: Duration) -> Evidence {
@@ -217,12 +191,19 @@ fn handshake_evidence(pid: u32, interface: &str, max_age: Duration) -> Evidence 
         return Evidence::Down(format!("no WireGuard control socket for {interface}"));
     };
     match latest_handshake(socket) {
-        Ok(None) => Evidence::Down("no handshake yet".into()),
-        Ok(Some(at)) => match SystemTime::now().duration_since(at) {
-            Ok(age) if age > max_age => Evidence::Down(format!("handshake {}s old", age.as_secs())),
-            _ => Evidence::Up,
-        },
+        Ok(latest) => fresh(latest, max_age),
         Err(error) => Evidence::Down(format!("asking {}: {error}", socket.display())),
+    }
+}
+
+/// Up when the latest handshake is at most `max_age` old.
+fn fresh(latest: Option<SystemTime>, max_age: Duration) -> Evidence {
+    match latest.map(|at| SystemTime::now().duration_since(at)) {
+        None => Evidence::Down("no handshake yet".into()),
+        Some(Ok(age)) if age > max_age => {
+            Evidence::Down(format!("handshake {}s old", age.as_secs()))
+        }
+        Some(_) => Evidence::Up,
     }
 }
 
@@ -270,5 +251,49 @@ mod tests {
         );
         assert_eq!(latest_handshake_in("last_handshake_time_sec=0\n"), None);
         assert_eq!(latest_handshake_in("errno=0\n"), None);
+    }
+
+    /// Kernel WireGuard (Gluetun's choice where the host has it) has no control socket: the
+    /// handshake comes from its generic-netlink answer. (This kernel has no WireGuard
+    /// module: the answer's parsing is tested on recorded messages in `wireguard::tests`.)
+    #[test]
+    fn a_kernel_tunnels_handshake_comes_from_its_device_not_a_socket() {
+        let job = HealthJob {
+            id: "a".repeat(64).parse().unwrap(),
+            pid: std::process::id(),
+            names: vec!["ngtwgk".into()],
+            policy: HealthPolicy {
+                sources: vec![Source::Handshake {
+                    max_age: Duration::from_secs(180),
+                }],
+                ..HealthPolicy::default()
+            },
+            docker_healthy: None,
+            gluetun_auth: GluetunCredentials::default(),
+        };
+        let peer = |ago: u64| wireguard::Peer {
+            last_handshake: Some(SystemTime::now() - Duration::from_secs(ago)),
+            ..wireguard::Peer::default()
+        };
+        let device = |peers| Device {
+            peers,
+            ..Device::default()
+        };
+        let evidence =
+            |kernel: Option<&Device>| probe_sources(&job, Some("ngtwgk"), kernel)[0].1.clone();
+        assert_eq!(evidence(Some(&device(vec![peer(5)]))), Evidence::Up);
+        assert_eq!(
+            evidence(Some(&device(vec![peer(600)]))),
+            Evidence::Down("handshake 600s old".into())
+        );
+        assert_eq!(
+            evidence(Some(&device(vec![wireguard::Peer::default()]))),
+            Evidence::Down("no handshake yet".into())
+        );
+        assert_eq!(
+            evidence(None),
+            Evidence::Down("no WireGuard control socket for ngtwgk".into()),
+            "userspace: the socket, which is not there"
+        );
     }
 }

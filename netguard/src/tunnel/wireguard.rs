@@ -66,6 +66,11 @@ impl Device {
     pub fn endpoints(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.peers.iter().filter_map(|p| p.endpoint)
     }
+
+    /// The newest handshake of any peer (Gluetun has one peer; `None`: never).
+    pub fn latest_handshake(&self) -> Option<SystemTime> {
+        self.peers.iter().filter_map(|p| p.last_handshake).max()
+    }
 }
 
 /// The kernel WireGuard device `ifindex` of the calling thread's namespace; `None` when the

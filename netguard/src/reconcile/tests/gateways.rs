@@ -8,7 +8,7 @@ use super::{GATEWAY, PROTECTED, World, id};
 use crate::reconcile::{GatewayChoice, apply::Prune};
 
 #[test]
-fn the_gateway_label_wins_over_the_shared_namespace_and_the_only_gateway() {
+fn the_shared_namespace_decides_and_a_label_naming_another_gateway_resolves_to_nothing() {
     let mut w = World::new();
     w.run('f', "gluetun", &[GATEWAY], 10, 20);
     w.run('e', "wireguard", &[GATEWAY], 13, 23);
@@ -25,9 +25,10 @@ fn the_gateway_label_wins_over_the_shared_namespace_and_the_only_gateway() {
     w.run('c', "neither", &[PROTECTED], 14, 24);
     w.apply();
     let decisions = w.decide().decisions;
+    // In gluetun's namespace, only gluetun's tunnel could carry it: the label is a mistake.
     assert_eq!(
         decisions[&id('a')].gateway,
-        GatewayChoice::Named("wireguard".into())
+        GatewayChoice::Missing("wireguard".into())
     );
     assert_eq!(
         decisions[&id('b')].gateway,
@@ -38,7 +39,7 @@ fn the_gateway_label_wins_over_the_shared_namespace_and_the_only_gateway() {
         GatewayChoice::None,
         "two gateways: no default"
     );
-    assert_eq!(w.policy(11), Some((true, Some("wireguard".into()))));
+    assert_eq!(w.policy(11), Some((true, None)), "no tunnel at all");
     assert_eq!(w.policy(12), Some((true, Some("gluetun".into()))));
     assert_eq!(w.policy(14), Some((true, None)));
     assert_eq!(

@@ -5,6 +5,7 @@
 mod containers;
 mod gateways;
 mod guards;
+mod references;
 
 use std::collections::{BTreeMap, BTreeSet};
 

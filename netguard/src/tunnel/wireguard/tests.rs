@@ -174,6 +174,11 @@ fn a_device_split_over_messages_yields_every_peer_and_endpoint() {
         Some(SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5))
     );
     assert_eq!(device.peers[2].public_key, [3; 32]);
+    assert_eq!(
+        device.latest_handshake(),
+        Some(SystemTime::UNIX_EPOCH + Duration::new(1_700_000_100, 5)),
+        "the newest of any peer"
+    );
 }
 
 #[test]

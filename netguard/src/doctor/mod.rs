@@ -1,6 +1,8 @@
 //! `netguard doctor`: can this host run netguard, and is it running well? Each check says
 //! pass, warn or fail, what it found, and for anything short of pass what to do.
 
+mod agent;
+
 use std::{collections::HashMap, fmt, path::Path, time::Duration};
 
 use bollard::{
@@ -94,7 +96,8 @@ pub async fn examine(options: DoctorOptions<'_>) -> Vec<Check> {
     checks.extend(docker(options.docker_socket).await);
     checks.push(pinned(options.pin_dir));
     if let Some(agent) = options.agent {
-        checks.push(agent_answers(&agent).await);
+        checks.push(agent::answers(&agent).await);
+        checks.extend(agent::gluetun_credentials(&agent).await);
     }
     checks
 }
@@ -349,24 +352,6 @@ fn pinned(pin_dir: &Path) -> Check {
             NAME,
             format!("{}: {error:#}", pin_dir.display()),
             "stop the agent, `netguard unload`, start it again",
-        ),
-    }
-}
-
-async fn agent_answers(agent: &AgentClient) -> Check {
-    match agent.readiness().await {
-        Ok(readiness) if readiness.ready => pass("agent", format!("{} ready", agent.url(""))),
-        Ok(readiness) => short_of(
-            Outcome::Warn,
-            "agent",
-            format!("{} not ready (Docker {})", agent.url(""), readiness.docker),
-            "see the agent's log: it waits for Docker",
-        ),
-        Err(error) => short_of(
-            Outcome::Warn,
-            "agent",
-            format!("{error:#}"),
-            "start `netguard run` (enforcement pinned in the kernel continues without it)",
         ),
     }
 }
