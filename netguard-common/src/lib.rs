@@ -8,7 +8,7 @@
 pub mod parse;
 
 /// Layout version of the pinned maps. A pinned datapath whose version differs is not adopted.
-pub const DATAPATH_ABI: u64 = 5;
+pub const DATAPATH_ABI: u64 = 6;
 
 /// How many cgroup levels below the root the programs walk for a policy; a cgroup deeper than
 /// that is still found by its own entry.
@@ -78,12 +78,16 @@ pub mod maps {
     /// Array of one [`crate::KernelLayout`]: where the running kernel keeps what the
     /// classifier reads, written by the agent from the kernel's BTF.
     pub const KERNEL_LAYOUT: &str = "NG_KERNEL_LAYOUT";
+    /// Who each container cgroup belonged to: `u64` cgroup id -> [`crate::CgroupOwner`]
+    /// (least recently used entries go). The classifier writes the id, the agent the name,
+    /// so a blocked flow is named after its cgroup is gone and the agent restarted.
+    pub const OWNERS: &str = "NG_OWNERS";
     /// The kernel programs' rare diagnostics (aya-log's ring buffer), forwarded to the
     /// agent's log.
     pub const LOGS: &str = "AYA_LOGS";
 
     /// Every map, in the order the agent pins them.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         POLICY,
         INTERNAL_V4,
         INTERNAL_V6,
@@ -100,6 +104,7 @@ pub mod maps {
         CONTAINERS,
         NAME_SCRATCH,
         KERNEL_LAYOUT,
+        OWNERS,
         LOGS,
     ];
 }
@@ -529,6 +534,30 @@ pub struct BlockedFlow {
     pub bytes: u32,
     /// Explicit padding.
     pub _pad2: u32,
+    /// When it was blocked: `CLOCK_BOOTTIME` nanoseconds (`bpf_ktime_get_boot_ns`).
+    pub at_boot_ns: u64,
+}
+
+/// Bytes of a container's name kept in [`CgroupOwner`] (Docker's names are shorter).
+pub const OWNER_NAME_LEN: usize = 64;
+
+/// Who a container cgroup belonged to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupOwner {
+    /// The container's id, 64 lowercase hex characters.
+    pub id: [u8; CONTAINER_ID_LEN],
+    /// Its name, NUL-padded; all zero while only the classifier has seen it.
+    pub name: [u8; OWNER_NAME_LEN],
+}
+
+impl Default for CgroupOwner {
+    fn default() -> Self {
+        Self {
+            id: [0; CONTAINER_ID_LEN],
+            name: [0; OWNER_NAME_LEN],
+        }
+    }
 }
 
 /// Rate-limit window for one cgroup's events.
@@ -561,6 +590,7 @@ mod pod {
     unsafe impl aya::Pod for CarrierKey {}
     unsafe impl aya::Pod for IfaceKey {}
     unsafe impl aya::Pod for StoppedTask {}
+    unsafe impl aya::Pod for CgroupOwner {}
 }
 
 // No implicit padding: each size equals the sum of its fields.
@@ -571,7 +601,8 @@ const _: () = {
     assert!(core::mem::size_of::<EndpointKey>() == 24);
     assert!(core::mem::size_of::<GatewayState>() == 40 + GATEWAY_NAME_LEN);
     assert!(core::mem::size_of::<Counters>() == 8 * (4 + 3 * BLOCK_REASONS + 1 + 2 * TX_PATHS));
-    assert!(core::mem::size_of::<BlockedFlow>() == 40);
+    assert!(core::mem::size_of::<BlockedFlow>() == 48);
+    assert!(core::mem::size_of::<CgroupOwner>() == CONTAINER_ID_LEN + OWNER_NAME_LEN);
     assert!(core::mem::size_of::<EventBudget>() == 16);
     assert!(core::mem::size_of::<KernelLayout>() == 4 * 14 + 8);
     assert!(core::mem::size_of::<NetnsGuard>() == 8);

@@ -2,7 +2,7 @@
 //! (packets) or left alone (calls), a block is counted with its reason and reported as a
 //! blocked-flow event.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::{bpf_ktime_get_boot_ns, bpf_ktime_get_ns};
 use netguard_common::{
     BlockReason, BlockedFlow, Counters, EVENTS_PER_SECOND, EventBudget, Hook, TxPath, parse::Flow,
 };
@@ -85,6 +85,8 @@ fn report(
             reason: reason as u8,
             hook: hook as u8,
             bytes,
+            // SAFETY: reads the boot-time clock (the agent converts it to wall-clock time).
+            at_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
             ..BlockedFlow::default()
         };
         if let Some(flow) = flow {

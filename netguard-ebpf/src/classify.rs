@@ -16,11 +16,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{error, info, warn};
 use netguard_common::{
-    CONTAINER_ID_LEN, CgroupPolicy, ContainerKey, KernelLayout, NAME_SCRATCH_LEN,
-    RESERVED_POLICY_KEYS, container_id_start, reserved_policy_key,
+    CONTAINER_ID_LEN, CgroupOwner, CgroupPolicy, ContainerKey, KernelLayout, NAME_SCRATCH_LEN,
+    OWNER_NAME_LEN, RESERVED_POLICY_KEYS, container_id_start, reserved_policy_key,
 };
 
-use crate::maps::{CONTAINERS, KERNEL_LAYOUT, NAME_SCRATCH, POLICY};
+use crate::maps::{CONTAINERS, KERNEL_LAYOUT, NAME_SCRATCH, OWNERS, POLICY};
 
 /// Hierarchy id of cgroup v2 (the default hierarchy).
 const CGROUP2_HIERARCHY: i32 = 0;
@@ -32,6 +32,13 @@ pub fn classify_new_cgroup(ctx: &BtfTracePointContext) {
     let Ok(Some((cgroup, key))) = new_container(ctx) else {
         return;
     };
+    // Whose it is, for naming its blocked flows after it is gone (best effort: the agent
+    // adds the name).
+    let owner = CgroupOwner {
+        id: key.id,
+        name: [0; OWNER_NAME_LEN],
+    };
+    let _ = OWNERS.insert(cgroup, owner, 0);
     // SAFETY: the value is copied out at once.
     let registered = unsafe { CONTAINERS.get(key) }.copied();
     let policy = registered.unwrap_or(CgroupPolicy::UNCLASSIFIED);

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use netguard_common::{
-    CarrierKey, CgroupPolicy, ContainerKey, Counters, EndpointKey, EventBudget, GatewayState,
-    IfaceKey, KernelLayout, MAX_GATEWAYS, NAME_SCRATCH_LEN, NetnsGuard, ScopedV4, ScopedV6,
-    StoppedTask,
+    CarrierKey, CgroupOwner, CgroupPolicy, ContainerKey, Counters, EndpointKey, EventBudget,
+    GatewayState, IfaceKey, KernelLayout, MAX_GATEWAYS, NAME_SCRATCH_LEN, NetnsGuard, ScopedV4,
+    ScopedV6, StoppedTask,
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -50,5 +50,7 @@ pub static CONTAINERS: HashMap<ContainerKey, CgroupPolicy> =
     HashMap::with_max_entries(MAX_POLICIES, 0);
 #[map(name = "NG_NAME_SCRATCH")]
 pub static NAME_SCRATCH: PerCpuArray<[u8; NAME_SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "NG_OWNERS")]
+pub static OWNERS: LruHashMap<u64, CgroupOwner> = LruHashMap::with_max_entries(8192, 0);
 #[map(name = "NG_KERNEL_LAYOUT")]
 pub static KERNEL_LAYOUT: Array<KernelLayout> = Array::with_max_entries(1, 0);

@@ -162,10 +162,12 @@ pub struct GatewayStatus {
 /// One blocked flow the kernel reported.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockedFlowRecord {
-    /// RFC 3339, UTC, milliseconds: when the agent read it (within a millisecond or so of
-    /// the attempt).
+    /// RFC 3339, UTC, milliseconds: when the kernel blocked it (its boot-time clock in the
+    /// event, converted by the agent).
     pub time: String,
-    /// The container's name; empty when the cgroup belongs to no known container.
+    /// The container's name (from what the agent or the pinned state knows, even once the
+    /// cgroup is gone); `cgroup N (gone)` when nothing is; empty only while a live cgroup
+    /// is not known yet.
     pub container: String,
     pub container_id: String,
     pub cgroup: u64,
@@ -176,6 +178,9 @@ pub struct BlockedFlowRecord {
     pub hook: String,
     /// Size of the dropped packet; 0 for a refused call.
     pub bytes: u32,
+    /// Blocked before this agent started (it waited in the pinned ring buffer): not live.
+    #[serde(default)]
+    pub before_start: bool,
 }
 
 impl BlockedFlowRecord {

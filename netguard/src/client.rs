@@ -138,8 +138,13 @@ impl AgentClient {
 
 /// `netguard observe`'s line for a blocked flow.
 pub fn flow_line(flow: &BlockedFlowRecord) -> String {
+    let before = if flow.before_start {
+        "  (before the agent started)"
+    } else {
+        ""
+    };
     format!(
-        "{}  {}  -> {}  {}  [{}]",
+        "{}  {}  -> {}  {}  [{}]{before}",
         flow.time,
         flow.who(),
         flow.destination,

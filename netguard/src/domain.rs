@@ -219,6 +219,8 @@ pub struct BlockedFlowEvent {
     pub reason: Option<BlockReason>,
     pub hook: Option<Hook>,
     pub bytes: u32,
+    /// When the kernel blocked it: `CLOCK_BOOTTIME` nanoseconds.
+    pub at_boot_ns: u64,
 }
 
 impl From<&BlockedFlow> for BlockedFlowEvent {
@@ -241,6 +243,7 @@ impl From<&BlockedFlow> for BlockedFlowEvent {
             reason: BlockReason::from_raw(raw.reason),
             hook: Hook::from_raw(raw.hook),
             bytes: raw.bytes,
+            at_boot_ns: raw.at_boot_ns,
         }
     }
 }

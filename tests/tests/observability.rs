@@ -699,3 +699,59 @@ fn an_unresolved_gateway_reference_and_a_stranded_container_are_loud() {
     );
     assert!(agent.count("stranded:") >= 1);
 }
+
+#[test]
+fn flows_blocked_while_no_agent_ran_keep_their_time_and_their_container() {
+    let lab = DockerLab::new();
+    let pin = PinDir::new();
+    let mut agent = lab.start_agent(&pin, "");
+    let api = agent.http_address();
+    let protected = lab.start(&[PROTECTED], &[]);
+    wait_classified(api, &protected);
+    let name = docker_name(&protected);
+    agent.terminate();
+
+    // Five refused sends while no agent runs: the pinned programs refuse them, and their
+    // events wait in the pinned ring buffer.
+    let before = std::time::SystemTime::now();
+    let sent = lab.exec_probe(&protected, &["udp", &addr(INTERNET_V4), "7901", "5", "8"]);
+    assert_eq!(sent.errno, EPERM, "{sent:?}");
+    let after = std::time::SystemTime::now();
+    // Its cgroup gone too: only the pinned state still knows whose the flows were.
+    let cgroup_dir = lab.cgroup_dir(&protected);
+    netguard_tests::sh(&["docker", "rm", "-f", &protected]);
+    wait_for("the container's cgroup gone", || !cgroup_dir.exists());
+    let restarted = std::time::SystemTime::now();
+    agent.restart();
+    let api = agent.http_address();
+
+    let flows = || -> Vec<netguard::api::BlockedFlowRecord> {
+        let (_, body) = http::get(api, "/api/v1/flows?limit=100");
+        serde_json::from_str::<Vec<netguard::api::BlockedFlowRecord>>(&body)
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.destination.ends_with(":7901/udp"))
+            .collect()
+    };
+    wait_for("the five flows read from the pinned ring buffer", || {
+        flows().len() == 5
+    });
+    let slack = std::time::Duration::from_millis(5);
+    for flow in flows() {
+        let at = humantime::parse_rfc3339(&flow.time).unwrap();
+        assert!(
+            at + slack >= before && at <= after + slack && at < restarted,
+            "blocked at {} but shown at {} ({flow:?})",
+            humantime::format_rfc3339_millis(before),
+            flow.time
+        );
+        assert!(flow.before_start, "{flow:?}");
+        assert_eq!(
+            (flow.container.as_str(), flow.container_id.as_str()),
+            (name.as_str(), protected.as_str())
+        );
+    }
+    let logged = agent.log_lines("before this agent started");
+    assert_eq!(logged.len(), 5, "{logged:?}");
+    assert!(logged.iter().all(|l| l.contains(&name)), "{logged:?}");
+}

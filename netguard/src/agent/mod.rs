@@ -1,6 +1,7 @@
 //! `netguard run`: load or adopt the datapath, apply the configured policy, follow Docker,
 //! report blocked flows and serve the API; on shutdown, leave enforcement in place.
 
+mod blocked;
 mod release;
 mod start;
 
@@ -16,7 +17,7 @@ use crate::{
     config::{Config, ConfigError},
     docker::{Follow, Watcher},
     http,
-    kernel::{Maps, events, log},
+    kernel::{Maps, PinnedOwners, events, log},
     report::Report,
 };
 
@@ -50,20 +51,21 @@ pub async fn run(config: Config) -> Result<()> {
     let ring = datapath
         .take_events()
         .context("event ring buffer already taken")?;
+    match PinnedOwners::open(&pin_dir) {
+        Ok(owners) => report.set_pinned_owners(owners),
+        Err(error) => warn!("{error:#}: blocked flows of gone cgroups are named by cgroup only"),
+    }
     let flows = Arc::clone(&report);
-    let mut reader = tokio::spawn(events::read_blocked_flows(ring, move |event| {
-        let record = flows.blocked(&event);
-        let who = match (record.container.as_str(), record.container_id.as_str()) {
-            ("", "") => format!("unclassified cgroup {}", record.cgroup),
-            ("", id) => format!(
-                "container {} (cgroup {})",
-                &id[..12.min(id.len())],
-                record.cgroup
-            ),
-            (name, _) => name.to_string(),
-        };
-        warn!(target: "netguard::blocked", container = who, cgroup = record.cgroup, "blocked {event}");
-    }));
+    let log = Arc::new(std::sync::Mutex::new(blocked::BlockedLog::default()));
+    let batch_log = Arc::clone(&log);
+    let mut reader = tokio::spawn(events::read_blocked_flows(
+        ring,
+        move |event| {
+            let record = flows.blocked(&event);
+            log.lock().unwrap().flow(&record, &event);
+        },
+        move || batch_log.lock().unwrap().batch_end(),
+    ));
     let kernel_log = datapath.take_logs().context("kernel log already taken")?;
     let mut forwarder = tokio::spawn(log::forward(kernel_log));
     let mut releaser = tokio::spawn(release::release_stopped(pin_dir.clone(), root.clone()));

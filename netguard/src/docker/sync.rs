@@ -173,6 +173,12 @@ impl Watcher {
                 cgroup = None;
             }
         }
+        if let Some(cgroup) = cgroup
+            && let Err(error) = self.datapath.maps.set_owner(cgroup, id, &found.name)
+        {
+            // Only the naming of its blocked flows after it is gone suffers.
+            debug!(container = found.name, "{error:#}");
+        }
         self.report.container_seen(id, found.facts, cgroup);
         if let Some((decision, _)) = self.decisions.get(id) {
             let (gateway, unresolved) = decision.gateway.shown();

@@ -5,10 +5,12 @@ use netguard_common::BlockedFlow;
 
 use crate::{domain::BlockedFlowEvent, sys};
 
-/// Hands every blocked flow the kernel reports to `on_flow`, until the task is dropped.
+/// Hands every blocked flow the kernel reports to `on_flow`, and says when a batch (what
+/// the ring held when it was read) is done, until the task is dropped.
 pub async fn read_blocked_flows(
     ring: RingBuf<MapData>,
     mut on_flow: impl FnMut(BlockedFlowEvent),
+    mut batch_end: impl FnMut(),
 ) -> anyhow::Result<()> {
     let mut ring = sys::readable_fd(ring)
         .map_err(|error| anyhow::anyhow!("watching the blocked-flow ring buffer: {error}"))?;
@@ -21,6 +23,7 @@ pub async fn read_blocked_flows(
                 on_flow(BlockedFlowEvent::from(&raw));
             }
         }
+        batch_end();
         guard.clear_ready();
     }
 }

@@ -14,7 +14,10 @@ use anyhow::Result;
 use ipnet::IpNet;
 use netguard_common::{CarrierKey, CgroupPolicy, EndpointKey, GatewayState, IfaceKey, NetnsGuard};
 
-pub use self::{datapath::Datapath, maps::Maps};
+pub use self::{
+    datapath::Datapath,
+    maps::{Maps, PinnedOwners},
+};
 use crate::domain::{CgroupId, ContainerId, GatewayId};
 
 /// The kernel as the applier sees it: typed reads and writes of the maps, and the backstop

@@ -13,7 +13,7 @@ use std::{
         Mutex, RwLock,
         atomic::{AtomicU8, AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use netguard_common::Counters;
@@ -25,9 +25,10 @@ pub use self::{
 };
 use crate::{
     api::{BlockedFlowRecord, Readiness},
-    cgroup::{CgroupId, Hierarchy, container_of_path},
+    cgroup::{CgroupId, Hierarchy},
     config::{INSTANCES_KEPT, LIVE_BACKLOG, RECENT_FLOWS},
-    domain::{BlockedFlowEvent, ContainerId},
+    domain::ContainerId,
+    kernel::PinnedOwners,
     reconcile::StaticCgroup,
 };
 
@@ -117,6 +118,11 @@ pub struct Report {
     attach_cgroups: Vec<PathBuf>,
     /// How long a destroyed container's series stay in `/metrics`.
     grace: Duration,
+    /// When this agent started (`CLOCK_BOOTTIME`): a flow blocked earlier waited in the
+    /// pinned ring buffer, and is said to be from before the start.
+    started_boot_ns: u64,
+    /// The pinned owners of container cgroups, to name flows whose cgroup is gone.
+    owners: std::sync::OnceLock<Mutex<PinnedOwners>>,
 }
 
 impl Report {
@@ -142,6 +148,8 @@ impl Report {
             down_reasons: RwLock::new(BTreeMap::new()),
             attach_cgroups,
             grace,
+            started_boot_ns: crate::sys::boottime_ns(),
+            owners: std::sync::OnceLock::new(),
         }
     }
 
@@ -230,16 +238,6 @@ impl Report {
         }
     }
 
-    /// Flows blocked before their cgroup was known to be the container's get its name now.
-    fn attribute_recent(&self, cgroup: CgroupId, id: &ContainerId, name: &str) {
-        for flow in self.flows.lock().unwrap().iter_mut() {
-            if flow.cgroup == cgroup && flow.container_id.is_empty() {
-                flow.container = name.to_string();
-                flow.container_id = id.as_str().to_string();
-            }
-        }
-    }
-
     pub fn container_stopped(&self, id: &ContainerId) {
         if let Some(known) = self.inventory.write().unwrap().containers.get_mut(id) {
             known.facts.running = false;
@@ -302,79 +300,8 @@ impl Report {
             docker: docker.as_str().to_string(),
         }
     }
-
-    /// Records a blocked flow for the API and the live stream; returns it in the user's
-    /// words (container name rather than cgroup id).
-    pub fn blocked(&self, event: &BlockedFlowEvent) -> BlockedFlowRecord {
-        let (container, container_id) = self.attribute(event.cgroup_id);
-        let record = BlockedFlowRecord {
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            container,
-            container_id,
-            cgroup: event.cgroup_id,
-            destination: event.destination_text(),
-            reason: event.reason_text().to_string(),
-            hook: event.hook_text().to_string(),
-            bytes: event.bytes,
-        };
-        let mut flows = self.flows.lock().unwrap();
-        if flows.len() == RECENT_FLOWS {
-            flows.pop_front();
-        }
-        flows.push_back(record.clone());
-        drop(flows);
-        // No subscriber is not an error.
-        let _ = self.live.send(record.clone());
-        record
-    }
-
-    /// The container (name, id) a cgroup belongs to: one the watcher linked to it, a static
-    /// cgroup, else the container its path names (a container whose start the watcher has
-    /// not seen yet); empty when nothing is known.
-    fn attribute(&self, cgroup: CgroupId) -> (String, String) {
-        let inventory = self.inventory.read().unwrap();
-        if let Some(id) = inventory.owner.get(&cgroup) {
-            return (
-                inventory.containers[id].facts.name.clone(),
-                id.as_str().to_string(),
-            );
-        }
-        if let Some(known) = inventory.static_cgroups.iter().find(|s| s.id == cgroup) {
-            return (known.name.clone(), String::new());
-        }
-        let named = self
-            .hierarchy
-            .as_ref()
-            .and_then(|h| h.name_of(cgroup).ok().flatten())
-            .and_then(|path| container_of_path(&path));
-        match named {
-            Some(id) => {
-                let name = inventory
-                    .containers
-                    .get(&id)
-                    .map(|k| k.facts.name.clone())
-                    .unwrap_or_default();
-                (name, id.as_str().to_string())
-            }
-            None => (String::new(), String::new()),
-        }
-    }
-
-    /// The most recent blocked flows, oldest first.
-    pub fn recent_flows(&self, limit: usize) -> Vec<BlockedFlowRecord> {
-        let flows = self.flows.lock().unwrap();
-        flows
-            .iter()
-            .skip(flows.len().saturating_sub(limit))
-            .cloned()
-            .collect()
-    }
-
-    /// Blocked flows from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<BlockedFlowRecord> {
-        self.live.subscribe()
-    }
 }
 
+mod flows;
 #[cfg(test)]
 mod tests;

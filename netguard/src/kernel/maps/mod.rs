@@ -13,17 +13,21 @@ use aya::{
 };
 use ipnet::IpNet;
 use netguard_common::{
-    CarrierKey, CgroupPolicy, ContainerKey, Counters, DATAPATH_ABI, EndpointKey, GatewayState,
-    IfaceKey, KernelLayout, NetnsGuard, RESERVED_POLICY_KEYS, SCOPE_BITS, ScopedV4, ScopedV6,
-    StoppedTask, is_reserved_policy_key, maps, reserved_policy_key,
+    CarrierKey, CgroupOwner, CgroupPolicy, ContainerKey, Counters, DATAPATH_ABI, EndpointKey,
+    GatewayState, IfaceKey, KernelLayout, NetnsGuard, RESERVED_POLICY_KEYS, SCOPE_BITS, ScopedV4,
+    ScopedV6, StoppedTask, is_reserved_policy_key, maps, reserved_policy_key,
 };
 
 use crate::domain::{CgroupId, ContainerId};
 
 mod gateways;
 mod guards;
+mod owners;
 
-pub use self::gateways::{gateway_name, set_tunnel};
+pub use self::{
+    gateways::{gateway_name, set_tunnel},
+    owners::PinnedOwners,
+};
 
 /// Every map but the two ring buffers (blocked flows, kernel log), which their readers own.
 pub struct Maps {
@@ -40,6 +44,7 @@ pub struct Maps {
     counters: PerCpuHashMap<MapData, u64, Counters>,
     meta: Array<MapData, u64>,
     containers: HashMap<MapData, ContainerKey, CgroupPolicy>,
+    owners: HashMap<MapData, u64, CgroupOwner>,
 }
 
 impl Maps {
@@ -87,6 +92,7 @@ impl Maps {
             counters: PerCpuHashMap::try_from(take(maps::COUNTERS)?)?,
             meta: Array::try_from(take(maps::META)?)?,
             containers: HashMap::try_from(take(maps::CONTAINERS)?)?,
+            owners: HashMap::try_from(take(maps::OWNERS)?)?,
         })
     }
 

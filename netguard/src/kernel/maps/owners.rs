@@ -1,0 +1,53 @@
+//! Who each container cgroup belonged to (`NG_OWNERS`), kept past the cgroup's end and the
+//! agent's restart: blocked flows read from the pinned ring buffer later are named by it.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use aya::maps::{HashMap, Map, MapData};
+use netguard_common::{CgroupOwner, OWNER_NAME_LEN, maps};
+
+use super::Maps;
+use crate::domain::{CgroupId, ContainerId};
+
+impl Maps {
+    /// Records that `cgroup` is container `id`'s, named `name` (cut to what fits).
+    pub fn set_owner(&mut self, cgroup: CgroupId, id: &ContainerId, name: &str) -> Result<()> {
+        let mut owner = CgroupOwner {
+            id: id.key().id,
+            ..CgroupOwner::default()
+        };
+        let name = name.as_bytes();
+        let len = name.len().min(OWNER_NAME_LEN);
+        owner.name[..len].copy_from_slice(&name[..len]);
+        self.owners
+            .insert(cgroup, owner, 0)
+            .with_context(|| format!("recording the owner of cgroup {cgroup}"))
+    }
+}
+
+/// A read-only handle on the pinned owners, for naming blocked flows.
+pub struct PinnedOwners(HashMap<MapData, u64, CgroupOwner>);
+
+impl PinnedOwners {
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        let path = pin_dir.join(maps::OWNERS);
+        let data = MapData::from_pin(&path)
+            .with_context(|| format!("opening the pinned map {}", path.display()))?;
+        Ok(Self(HashMap::try_from(Map::from_map_data(data)?)?))
+    }
+
+    /// The container (name, full id) `cgroup` belonged to; the name is empty when only the
+    /// classifier saw it.
+    pub fn get(&self, cgroup: CgroupId) -> Option<(String, ContainerId)> {
+        let owner = self.0.get(&cgroup, 0).ok()?;
+        let id = std::str::from_utf8(&owner.id).ok()?.parse().ok()?;
+        let end = owner
+            .name
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(OWNER_NAME_LEN);
+        let name = String::from_utf8_lossy(&owner.name[..end]).into_owned();
+        Some((name, id))
+    }
+}
