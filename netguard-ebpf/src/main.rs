@@ -248,29 +248,33 @@ fn backstop(ctx: &TcContext, offset: usize, ethertype: u16, mac: Option<[u8; 6]>
     let own = unsafe { bpf_skb_cgroup_id(skb) };
     // SAFETY: reading a field of the program's own context.
     let ifindex = unsafe { (*skb).ifindex };
-    let netns_cookie = mac.and_then(|mac| interface_netns(ifindex, mac));
-    let (cgroup, policy, by_sender) = match find_policy(
+    // Looked up only for frames the backstop judges (not an unprotected sender's).
+    let lookup_netns = || mac.and_then(|mac| interface_netns(ifindex, mac));
+    let (cgroup, policy, by_sender, netns_cookie) = match find_policy(
         // SAFETY: as above.
         |level| unsafe { bpf_skb_ancestor_cgroup_id(skb, level) },
         own,
     ) {
-        Some((cgroup, policy)) if policy.is_protected() => (cgroup, policy, true),
+        Some((cgroup, policy)) if policy.is_protected() => (cgroup, policy, true, lookup_netns()),
         Some(_) => return TC_NEXT,
         None if !sent_by_kernel(own) => return TC_NEXT,
-        None => match netns_cookie.and_then(socketless_policy) {
-            Some((cgroup, policy)) => (cgroup, policy, false),
-            None => return TC_NEXT,
-        },
+        None => {
+            let netns_cookie = lookup_netns();
+            match netns_cookie.and_then(socketless_policy) {
+                Some((cgroup, policy)) => (cgroup, policy, false, netns_cookie),
+                None => return TC_NEXT,
+            }
+        }
     };
-    // The kernel's own address resolution passes; a protected process's ARP frame (it can
-    // carry anything to any neighbour) does not.
-    if ethertype == ETH_P_ARP && !by_sender {
-        return TC_NEXT;
-    }
     let flow = if ethertype == ETH_P_ARP {
-        Err(())
+        // The kernel's own address resolution passes; a protected process's ARP frame (it
+        // can carry anything to any neighbour) does not.
+        if !by_sender {
+            return TC_NEXT;
+        }
+        Err(BlockReason::NotAllowed)
     } else {
-        parse_ip(&Buffer(&ctx.skb), offset, ethertype).map_err(drop)
+        parse_ip(&Buffer(&ctx.skb), offset, ethertype).map_err(|_| BlockReason::Malformed)
     };
     if let (Ok(flow), Some(cookie)) = (&flow, netns_cookie)
         && is_carrier(cookie, flow)
@@ -287,8 +291,7 @@ fn backstop(ctx: &TcContext, offset: usize, ethertype: u16, mac: Option<[u8; 6]>
                 netns_cookie: netns_cookie.unwrap_or(0),
             },
         ),
-        Err(()) if ethertype == ETH_P_ARP => Err(BlockReason::NotAllowed),
-        Err(()) => Err(BlockReason::Malformed),
+        Err(reason) => Err(*reason),
     };
     // IP packet length, as everywhere else.
     let bytes = ctx.len().saturating_sub(offset as u32);
@@ -509,8 +512,7 @@ fn current_netns_cookie() -> Option<u64> {
 pub fn ng_setsockopt(ctx: SockoptContext) -> i32 {
     // SAFETY: reading fields of the program's own context.
     let (level, optname) = unsafe { ((*ctx.sockopt).level, (*ctx.sockopt).optname) };
-    let bypass = (level == SOL_PACKET && optname == PACKET_QDISC_BYPASS) || level == SOL_XDP;
-    if !bypass {
+    if !bypasses_tc(level, optname) {
         return SOCK_ALLOW;
     }
     match current_protected() {

@@ -81,11 +81,23 @@ pub fn loosens(key: &str) -> bool {
 }
 
 /// Where a container's label values come from, for [`ContainerLabels::parse_container`].
+#[derive(Clone, Copy)]
 pub enum ImageLabels<'a> {
     /// The image's labels, as `docker image inspect` shows them.
     Known(&'a std::collections::HashMap<String, String>),
     /// Not known yet (a create event): every loosening label is set aside until they are.
     Unknown,
+}
+
+impl ImageLabels<'_> {
+    /// Whether the container's `key=value` may be the image's (always, while the image's
+    /// labels are not known): then it is not the container's own to trust.
+    pub fn may_have_given(&self, key: &str, value: &str) -> bool {
+        match self {
+            ImageLabels::Known(image) => image.get(key).map(String::as_str) == Some(value),
+            ImageLabels::Unknown => true,
+        }
+    }
 }
 
 impl ContainerLabels {
@@ -102,13 +114,7 @@ impl ContainerLabels {
         let own: Vec<(&str, &str)> = labels
             .into_iter()
             .filter(|(key, value)| {
-                let inherited = loosens(key)
-                    && match &image {
-                        ImageLabels::Known(image) => {
-                            image.get(*key).map(String::as_str) == Some(*value)
-                        }
-                        ImageLabels::Unknown => true,
-                    };
+                let inherited = loosens(key) && image.may_have_given(key, value);
                 if inherited && matches!(image, ImageLabels::Known(_)) {
                     from_image.push(format!(
                         "label {key}={value:?} comes from the image: ignored (set it on the \
@@ -186,7 +192,7 @@ impl ContainerLabels {
                 },
                 HEALTH | HEALTH_COMBINE | HEALTH_UP_AFTER | HEALTH_DOWN_AFTER | GLUETUN
                 | GLUETUN_API_KEY | HANDSHAKE_MAX_AGE | PROBE => {}
-                other if other.starts_with("netguard.") && other != "netguard.test" => {
+                other if loosens(other) => {
                     parsed.problems.push(format!(
                         "unknown label {other:?}: known netguard labels are {}",
                         KNOWN_NETGUARD_KEYS.join(", ")

@@ -271,12 +271,7 @@ impl DockerLab {
 
     /// `docker exec` the probe in a running container.
     pub fn exec_probe(&self, container: &str, probe_args: &[&str]) -> ProbeResult {
-        let output = Command::new("docker")
-            .args(["exec", container, "ng-probe"])
-            .args(probe_args)
-            .output()
-            .expect("docker exec");
-        parse_report(output)
+        exec_probe_with(container, &[], probe_args)
     }
 
     /// The container's IPv4 address on the default bridge.
@@ -402,6 +397,18 @@ fn docker(args: &[&str]) -> String {
     let mut full = vec!["docker"];
     full.extend_from_slice(args);
     sh(&full)
+}
+
+/// `docker exec <exec_args> container ng-probe <probe_args>`: its report.
+pub fn exec_probe_with(container: &str, exec_args: &[&str], probe_args: &[&str]) -> ProbeResult {
+    let output = Command::new("docker")
+        .arg("exec")
+        .args(exec_args)
+        .args([container, "ng-probe"])
+        .args(probe_args)
+        .output()
+        .expect("docker exec");
+    parse_report(output)
 }
 
 fn parse_report(output: std::process::Output) -> ProbeResult {

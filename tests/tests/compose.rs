@@ -11,7 +11,7 @@ use std::{
 };
 
 use netguard_tests::{
-    docker::DockerLab,
+    docker::{DockerLab, exec_probe_with},
     http,
     lab::{INTERNET_V4, TUNNEL_CLIENT_V4, VPN_V4, addr},
     probe::{EPERM, ProbeResult},
@@ -244,15 +244,13 @@ fn health(container: &str) -> String {
     .to_string()
 }
 
+/// Two datagrams from `container` to the internet host's `port`.
 fn send(container: &str, port: u16) -> ProbeResult {
-    let output = Command::new("docker")
-        .args(["exec", container, "ng-probe"])
-        .args(["udp", &addr(INTERNET_V4), &port.to_string(), "2", "16"])
-        .output()
-        .expect("docker exec");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("probe in {container}: {e}: {stdout}"))
+    exec_probe_with(
+        container,
+        &[],
+        &["udp", &addr(INTERNET_V4), &port.to_string(), "2", "16"],
+    )
 }
 
 #[test]
@@ -353,22 +351,11 @@ fn the_shipped_compose_stack_keeps_qbittorrent_in_the_tunnel_through_gluetun_res
     stack.wait("the tunnel up for the new instance", || {
         stack.tunnel_up() == Some(true)
     });
-    let healed = {
-        let output = Command::new("docker")
-            .args([
-                "exec",
-                "-e",
-                "NG_PROBE_RETRY_MS=20000",
-                &qbittorrent,
-                "ng-probe",
-            ])
-            .args(["udp", &addr(INTERNET_V4), "7605", "2", "16"])
-            .output()
-            .expect("docker exec");
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        serde_json::from_str::<ProbeResult>(stdout.lines().last().unwrap_or_default())
-            .unwrap_or_else(|e| panic!("probe: {e}: {stdout}"))
-    };
+    let healed = exec_probe_with(
+        &qbittorrent,
+        &["-e", "NG_PROBE_RETRY_MS=20000"],
+        &["udp", &addr(INTERNET_V4), "7605", "2", "16"],
+    );
     assert!(healed.ok, "{healed:?}");
     stack.wait("qBittorrent's datagrams through the new tunnel", || {
         internet.count(|a| a.dst_port == 7605 && a.src == TUNNEL_CLIENT_V4) == 2

@@ -193,6 +193,19 @@ impl GatewayTunnels {
             .unwrap_or_default()
     }
 
+    /// Whether the gateway's tunnel is up (after hysteresis).
+    pub fn is_up(&self, id: &ContainerId) -> bool {
+        self.tracked.get(id).is_some_and(|t| t.health.up)
+    }
+
+    /// Why the tracked gateway's tunnel is down; `None` while it is up or not tracked.
+    pub fn down_reason(&self, id: &ContainerId) -> Option<&str> {
+        self.tracked
+            .get(id)
+            .filter(|t| !t.health.up)
+            .map(|t| t.health.last_reason.as_str())
+    }
+
     /// Why the gateway's tunnel last counted as down.
     pub fn last_reason(&self, id: &ContainerId) -> Option<&str> {
         self.tracked.get(id).map(|t| t.health.last_reason.as_str())

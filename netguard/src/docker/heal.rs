@@ -45,13 +45,11 @@ impl Watcher {
     /// Restarts the stranded containers that are due (Docker's restart, in the background:
     /// it waits for the container to stop).
     pub(super) fn heal(&mut self, docker: &Docker) {
-        let tunnels = self.tunnels.tunnels();
         let up = |gateway: &str| {
             self.containers
                 .values()
                 .find(|c| c.name == gateway)
-                .and_then(|c| tunnels.get(&c.id))
-                .is_some_and(|t| t.up)
+                .is_some_and(|c| self.tunnels.is_up(&c.id))
         };
         let due = self
             .healer

@@ -75,10 +75,11 @@ pub async fn inspect(
             Err(error) => debug!(image, "inspecting the image: {error}"),
         }
     }
-    let image_labels = match info.image.as_deref().and_then(|image| images.get(image)) {
-        Some(labels) => ImageLabels::Known(labels),
-        None => ImageLabels::Unknown,
-    };
+    let image_labels = info
+        .image
+        .as_deref()
+        .and_then(|image| images.get(image))
+        .map_or(ImageLabels::Unknown, ImageLabels::Known);
     let mut inspected = from_response(&info, image_labels);
     inspected.facts.privileged = info
         .host_config
@@ -133,10 +134,11 @@ pub fn from_summary(summary: &ContainerSummary, images: &ImageCache) -> Inspecte
         .and_then(|h| h.network_mode.clone())
         .unwrap_or_default();
     let image = summary.image.clone().unwrap_or_default();
-    let image_labels = match summary.image_id.as_deref().and_then(|id| images.get(id)) {
-        Some(labels) => ImageLabels::Known(labels),
-        None => ImageLabels::Unknown,
-    };
+    let image_labels = summary
+        .image_id
+        .as_deref()
+        .and_then(|id| images.get(id))
+        .map_or(ImageLabels::Unknown, ImageLabels::Known);
     let mut inspected = from_parts(name, &labels, network_mode, image, None, image_labels);
     if summary.state == Some(ContainerSummaryStateEnum::RUNNING) {
         inspected.facts.running = true;
@@ -193,21 +195,17 @@ fn from_parts(
     docker_healthy: Option<bool>,
     image_labels: ImageLabels<'_>,
 ) -> Inspected {
-    let image_labels_ref = &image_labels;
     let labels = ContainerLabels::parse_container(
         raw_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        match image_labels_ref {
-            ImageLabels::Known(image) => ImageLabels::Known(image),
-            ImageLabels::Unknown => ImageLabels::Unknown,
-        },
+        image_labels,
     );
     let label = |key: &str| raw_labels.get(key).cloned();
+    // Compose's and Swarm's labels count for gateway references only when the container's own.
     let own = |key: &str| {
-        let value = raw_labels.get(key).filter(|v| !v.is_empty())?;
-        match &image_labels_ref {
-            ImageLabels::Known(image) if image.get(key) != Some(value) => Some(value.clone()),
-            _ => None,
-        }
+        raw_labels
+            .get(key)
+            .filter(|v| !v.is_empty() && !image_labels.may_have_given(key, v))
+            .cloned()
     };
     let project = own("com.docker.compose.project").or_else(|| own("com.docker.stack.namespace"));
     let service =

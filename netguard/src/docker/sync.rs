@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 use super::{Watcher, gateways::Change, inspect};
 use crate::{
     domain::ContainerId,
-    host::network::{connected_private_subnets, direct_subnets},
+    host::network::{direct_subnets, private},
     kernel::maps::now_secs,
     labels::{ContainerLabels, ImageLabels},
     netns,
@@ -278,12 +278,10 @@ impl Watcher {
                 }
             }
         }
-        let tunnels = self.tunnels.tunnels();
         let reasons = self
             .containers
             .values()
-            .filter(|c| tunnels.get(&c.id).is_some_and(|t| !t.up))
-            .filter_map(|c| Some((c.name.clone(), self.tunnels.last_reason(&c.id)?.to_string())))
+            .filter_map(|c| Some((c.name.clone(), self.tunnels.down_reason(&c.id)?.to_string())))
             .collect();
         self.report.set_down_reasons(reasons);
         if changed {
@@ -365,7 +363,8 @@ impl Watcher {
                 }
             }
         }
-        cidrs.extend(connected_private_subnets()?);
+        // The host's LANs: the private ones of the routes just read.
+        cidrs.extend(private(&direct));
         cidrs.sort();
         cidrs.dedup();
         debug!(?cidrs, "internal networks");

@@ -33,13 +33,15 @@ pub fn direct_subnets() -> Result<Vec<IpNet>> {
 
 /// The host's directly reached private subnets (RFC 1918, ULA): its LANs.
 pub fn connected_private_subnets() -> Result<Vec<IpNet>> {
-    Ok(direct_subnets()?
-        .into_iter()
-        .filter(|net| match net.addr() {
-            IpAddr::V4(addr) => addr.is_private(),
-            IpAddr::V6(addr) => (addr.segments()[0] & 0xfe00) == 0xfc00,
-        })
-        .collect())
+    Ok(private(&direct_subnets()?).collect())
+}
+
+/// The private ones (RFC 1918, ULA) of `subnets`.
+pub fn private(subnets: &[IpNet]) -> impl Iterator<Item = IpNet> + '_ {
+    subnets.iter().copied().filter(|net| match net.addr() {
+        IpAddr::V4(addr) => addr.is_private(),
+        IpAddr::V6(addr) => (addr.segments()[0] & 0xfe00) == 0xfc00,
+    })
 }
 
 /// `/proc/net/route`: Iface Destination Gateway Flags RefCnt Use Metric Mask ...

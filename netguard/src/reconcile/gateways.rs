@@ -98,18 +98,12 @@ pub fn resolve<'a>(
     let gateways = || containers.values().filter(|c| c.labels.is_gateway);
     let by_service = match &from.project {
         Some(project) => gateways()
-            .filter(|g| g.project.as_ref() == Some(project) && serves(g, project, reference))
+            .filter(|g| g.project.as_ref() == Some(project) && serves(g, Some(project), reference))
             .collect(),
         None => Vec::new(),
     };
     let by_name = gateways().filter(|g| g.name == reference).collect();
-    let by_prefix = if reference.len() >= 4 && reference.bytes().all(|b| b.is_ascii_hexdigit()) {
-        gateways()
-            .filter(|g| g.id.matches_prefix(reference))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let by_prefix = gateways().filter(|g| id_prefix(reference, g)).collect();
     let mut found: Option<&Container> = None;
     for matches in [by_service, by_name, by_prefix] {
         match (matches.as_slice(), found) {
@@ -122,32 +116,33 @@ pub fn resolve<'a>(
     found
 }
 
-/// Whether `gateway` is service `reference` of `project` (Compose), or `<project>_<reference>`
-/// (a Swarm stack's service).
-fn serves(gateway: &Container, project: &str, reference: &str) -> bool {
+/// Whether `gateway` is service `reference` (Compose), or `<project>_<reference>` (a Swarm
+/// stack's service) of `project`.
+fn serves(gateway: &Container, project: Option<&str>, reference: &str) -> bool {
     gateway.service.as_deref().is_some_and(|service| {
         service == reference
-            || service
-                .strip_prefix(project)
-                .and_then(|rest| rest.strip_prefix('_'))
-                == Some(reference)
+            || project.is_some_and(|project| {
+                service
+                    .strip_prefix(project)
+                    .and_then(|rest| rest.strip_prefix('_'))
+                    == Some(reference)
+            })
     })
+}
+
+/// Whether `reference` is an id prefix (4+ hex digits) of `gateway`.
+fn id_prefix(reference: &str, gateway: &Container) -> bool {
+    reference.len() >= 4
+        && reference.bytes().all(|b| b.is_ascii_hexdigit())
+        && gateway.id.matches_prefix(reference)
 }
 
 /// Whether `reference`, written in the agent's configuration, names `gateway`: its name, its
 /// Compose service (or Swarm service, with or without the stack's prefix), or an id prefix.
 pub fn names(reference: &str, gateway: &Container) -> bool {
-    let service = gateway.service.as_deref().unwrap_or_default();
-    let stack_service = gateway
-        .project
-        .as_ref()
-        .map(|project| format!("{project}_{reference}"));
     gateway.name == reference
-        || (!service.is_empty()
-            && (service == reference || Some(service) == stack_service.as_deref()))
-        || (reference.len() >= 4
-            && reference.bytes().all(|b| b.is_ascii_hexdigit())
-            && gateway.id.matches_prefix(reference))
+        || serves(gateway, gateway.project.as_deref(), reference)
+        || id_prefix(reference, gateway)
 }
 
 /// The container Docker means by `reference`: its name, its id or an id prefix.

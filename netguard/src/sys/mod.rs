@@ -129,20 +129,20 @@ pub fn if_nameindex() -> io::Result<Vec<(u32, String)>> {
 
 /// `CLOCK_MONOTONIC` in nanoseconds (the clock of `bpf_ktime_get_ns`).
 pub fn monotonic_ns() -> u64 {
-    // SAFETY: timespec is plain data; clock_gettime writes it.
-    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid clock id and a timespec that outlives the call.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// `CLOCK_BOOTTIME` in nanoseconds (the clock of `bpf_ktime_get_boot_ns`: it counts
 /// suspend too).
 pub fn boottime_ns() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     // SAFETY: timespec is plain data; clock_gettime writes it.
     let mut now: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: a valid clock id and a timespec that outlives the call.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
+    unsafe { libc::clock_gettime(clock, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 

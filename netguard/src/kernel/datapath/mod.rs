@@ -233,10 +233,6 @@ impl Datapath {
                         let id = p.attach(&file, CgroupAttachMode::Single)?;
                         FdLink::try_from(p.take_link(id)?)?
                     }
-                    Program::CgroupSock(p) => {
-                        let id = p.attach(&file, CgroupAttachMode::Single)?;
-                        FdLink::try_from(p.take_link(id)?)?
-                    }
                     // aya's link of this type cannot be pinned: made with the syscall.
                     Program::CgroupSockopt(p) => raw_cgroup_link(p.fd()?.as_fd(), &file, &pin)?,
                     _ => bail!("program {name} has an unexpected type"),
@@ -358,7 +354,6 @@ fn load_program(program: &mut Program, name: &str) -> Result<()> {
         Program::CgroupSkb(p) => p.load()?,
         Program::CgroupSockAddr(p) => p.load()?,
         Program::SchedClassifier(p) => p.load()?,
-        Program::CgroupSock(p) => p.load()?,
         Program::CgroupSockopt(p) => p.load()?,
         Program::BtfTracePoint(p) => {
             let tracepoint = if name == SOCK_GUARD_PROGRAM {

@@ -72,10 +72,5 @@ pub fn set_tunnel(state: &mut GatewayState, up: bool, now_secs: u64) {
 
 /// The name stored in a gateway slot.
 pub fn gateway_name(state: &GatewayState) -> String {
-    let end = state
-        .name
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(state.name.len());
-    String::from_utf8_lossy(&state.name[..end]).into_owned()
+    super::nul_terminated(&state.name)
 }

@@ -29,6 +29,12 @@ pub use self::{
     owners::PinnedOwners,
 };
 
+/// The text of a NUL-padded byte field.
+fn nul_terminated(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
 /// Every map but the two ring buffers (blocked flows, kernel log), which their readers own.
 pub struct Maps {
     policy: HashMap<MapData, u64, CgroupPolicy>,

@@ -42,12 +42,6 @@ impl PinnedOwners {
     pub fn get(&self, cgroup: CgroupId) -> Option<(String, ContainerId)> {
         let owner = self.0.get(&cgroup, 0).ok()?;
         let id = std::str::from_utf8(&owner.id).ok()?.parse().ok()?;
-        let end = owner
-            .name
-            .iter()
-            .position(|b| *b == 0)
-            .unwrap_or(OWNER_NAME_LEN);
-        let name = String::from_utf8_lossy(&owner.name[..end]).into_owned();
-        Some((name, id))
+        Some((super::nul_terminated(&owner.name), id))
     }
 }
