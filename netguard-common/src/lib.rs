@@ -8,7 +8,7 @@
 pub mod parse;
 
 /// Layout version of the pinned maps. A pinned datapath whose version differs is not adopted.
-pub const DATAPATH_ABI: u64 = 6;
+pub const DATAPATH_ABI: u64 = 7;
 
 /// How many cgroup levels below the root the programs walk for a policy; a cgroup deeper than
 /// that is still found by its own entry.
@@ -85,9 +85,19 @@ pub mod maps {
     /// The kernel programs' rare diagnostics (aya-log's ring buffer), forwarded to the
     /// agent's log.
     pub const LOGS: &str = "AYA_LOGS";
+    /// Where each protected container's DNS goes: `u64` cgroup id -> [`crate::DnsSteer`],
+    /// the agent's resolver in the container's own network namespace.
+    pub const DNS: &str = "NG_DNS";
+    /// Sockets whose DNS was steered: `u64` socket cookie -> [`crate::DnsPeer`], so that an
+    /// answer reads as coming from the resolver the program asked (least recently used go).
+    pub const DNS_PEERS: &str = "NG_DNS_PEERS";
+    /// The agent's own sockets in guarded namespaces (its resolver's forwarding sockets):
+    /// `u64` socket cookie -> `u32` (unused). The backstop lets them out even when the agent
+    /// runs in the root cgroup, where a socket otherwise looks like the kernel's own.
+    pub const AGENT_SOCKETS: &str = "NG_AGENT_SOCKETS";
 
     /// Every map, in the order the agent pins them.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 21] = [
         POLICY,
         INTERNAL_V4,
         INTERNAL_V6,
@@ -106,6 +116,9 @@ pub mod maps {
         KERNEL_LAYOUT,
         OWNERS,
         LOGS,
+        DNS,
+        DNS_PEERS,
+        AGENT_SOCKETS,
     ];
 }
 
@@ -121,10 +134,14 @@ pub enum BlockReason {
     Malformed = 2,
     /// The traffic could not be tied to a known policy; blocked until it can.
     Unclassified = 3,
+    /// DNS (TCP/UDP port 53, or anything to Docker's embedded resolver) that could not be
+    /// steered to netguard's resolver: no resolver in the container's namespace (the agent
+    /// has not set one up yet), or a packet that skipped the socket hooks.
+    Dns = 4,
 }
 
 /// Number of [`BlockReason`] slots in [`Counters`].
-pub const BLOCK_REASONS: usize = 4;
+pub const BLOCK_REASONS: usize = 5;
 
 impl BlockReason {
     /// Every reason, in slot order.
@@ -133,6 +150,7 @@ impl BlockReason {
         BlockReason::TunnelDown,
         BlockReason::Malformed,
         BlockReason::Unclassified,
+        BlockReason::Dns,
     ];
 
     /// The metric label value.
@@ -142,6 +160,7 @@ impl BlockReason {
             BlockReason::TunnelDown => "tunnel_down",
             BlockReason::Malformed => "malformed",
             BlockReason::Unclassified => "unclassified",
+            BlockReason::Dns => "dns",
         }
     }
 
@@ -152,6 +171,7 @@ impl BlockReason {
             1 => Some(BlockReason::TunnelDown),
             2 => Some(BlockReason::Malformed),
             3 => Some(BlockReason::Unclassified),
+            4 => Some(BlockReason::Dns),
             _ => None,
         }
     }
@@ -295,6 +315,45 @@ pub struct KernelLayout {
     pub valid: u32,
     /// Id of the cgroup2 root: the cgroup of sockets the kernel opens for itself.
     pub root_cgroup_id: u64,
+}
+
+/// The DNS port (UDP and TCP).
+pub const DNS_PORT: u16 = 53;
+/// Docker's embedded resolver on user-defined networks (every port of it: dockerd listens on
+/// a random one, reached through a DNAT rule in the container's namespace).
+pub const DOCKER_RESOLVER_V4: [u8; 4] = [127, 0, 0, 11];
+/// The loopback address netguard's resolver listens on in a container's namespace, IPv4.
+pub const RESOLVER_V4: [u8; 4] = [127, 0, 0, 1];
+
+/// netguard's resolver for one protected container: sockets the agent holds in the
+/// container's network namespace, on loopback (`127.0.0.1` and `::1`), UDP and TCP on the
+/// same port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsSteer {
+    /// The namespace the sockets are in; a process of the container in another one (it
+    /// made its own) is refused instead.
+    pub netns_cookie: u64,
+    /// Port on `127.0.0.1` (host order); 0: none.
+    pub port_v4: u16,
+    /// Port on `::1` (host order); 0: none (the namespace has no IPv6 loopback).
+    pub port_v6: u16,
+    pub _pad: [u8; 4],
+}
+
+/// What a steered socket asked for, to give its answers that source back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsPeer {
+    /// The address the program sent to; IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+    /// Its port (host order).
+    pub port: u16,
+    /// The resolver port it was steered to (host order).
+    pub steered_port: u16,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`] (of `addr`).
+    pub family: u8,
+    pub _pad: [u8; 3],
 }
 
 /// A guarded network namespace: the backstop is attached to its interfaces.
@@ -586,6 +645,8 @@ mod pod {
     unsafe impl aya::Pod for EventBudget {}
     unsafe impl aya::Pod for ContainerKey {}
     unsafe impl aya::Pod for KernelLayout {}
+    unsafe impl aya::Pod for DnsSteer {}
+    unsafe impl aya::Pod for DnsPeer {}
     unsafe impl aya::Pod for NetnsGuard {}
     unsafe impl aya::Pod for CarrierKey {}
     unsafe impl aya::Pod for IfaceKey {}
@@ -602,6 +663,8 @@ const _: () = {
     assert!(core::mem::size_of::<GatewayState>() == 40 + GATEWAY_NAME_LEN);
     assert!(core::mem::size_of::<Counters>() == 8 * (4 + 3 * BLOCK_REASONS + 1 + 2 * TX_PATHS));
     assert!(core::mem::size_of::<BlockedFlow>() == 48);
+    assert!(core::mem::size_of::<DnsSteer>() == 16);
+    assert!(core::mem::size_of::<DnsPeer>() == 24);
     assert!(core::mem::size_of::<CgroupOwner>() == CONTAINER_ID_LEN + OWNER_NAME_LEN);
     assert!(core::mem::size_of::<EventBudget>() == 16);
     assert!(core::mem::size_of::<KernelLayout>() == 4 * 14 + 8);

@@ -10,6 +10,7 @@
 mod abi;
 mod account;
 mod classify;
+mod dns;
 mod maps;
 mod packet;
 mod policy;
@@ -20,8 +21,9 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
-            bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_netns_cookie, bpf_ktime_get_ns,
-            bpf_send_signal, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+            bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_netns_cookie,
+            bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_send_signal, bpf_skb_ancestor_cgroup_id,
+            bpf_skb_cgroup_id,
         },
     },
     macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, cgroup_sockopt, classifier},
@@ -35,7 +37,7 @@ use netguard_common::{
 
 use crate::{
     account::{counters, settle},
-    maps::{BACKSTOP, CARRIERS, GUARDED_IFACES, KERNEL_LAYOUT, POLICY, STOPPED},
+    maps::{AGENT_SOCKETS, BACKSTOP, CARRIERS, GUARDED_IFACES, KERNEL_LAYOUT, POLICY, STOPPED},
     packet::Buffer,
     policy::{Route, decide, find_policy},
 };
@@ -160,8 +162,22 @@ pub fn ng_sendmsg6(ctx: SockAddrContext) -> i32 {
     check_sock_addr(&ctx, FAMILY_V6, Hook::Sendmsg)
 }
 
+/// Answers from netguard's resolver read as coming from the resolver the program asked.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn ng_recvmsg4(ctx: SockAddrContext) -> i32 {
+    dns::unsteer(ctx.sock_addr, false);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn ng_recvmsg6(ctx: SockAddrContext) -> i32 {
+    dns::unsteer(ctx.sock_addr, true);
+    SOCK_ALLOW
+}
+
 /// Refuses `connect()`/`sendto()` to a destination the egress hook would drop, so the
-/// application gets EPERM at once instead of retrying SYNs into a black hole.
+/// application gets EPERM at once instead of retrying SYNs into a black hole; steers a
+/// protected container's DNS to netguard's resolver (see `dns`).
 #[inline(always)]
 fn check_sock_addr(ctx: &SockAddrContext, family: u8, hook: Hook) -> i32 {
     let Some((cgroup, policy)) = current_policy() else {
@@ -169,6 +185,12 @@ fn check_sock_addr(ctx: &SockAddrContext, family: u8, hook: Hook) -> i32 {
     };
     let flow = sock_addr_flow(ctx.sock_addr, family);
     let verdict = decide(cgroup, &policy, &flow, Route::NotYetRouted);
+    // DNS is steered to netguard's resolver, not refused, when the container has one.
+    if verdict == Err(BlockReason::Dns)
+        && dns::steer(ctx.sock_addr, cgroup, &flow, family == FAMILY_V6)
+    {
+        return SOCK_ALLOW;
+    }
     if settle(cgroup, verdict, Some(&flow), hook, 0) {
         SOCK_ALLOW
     } else {
@@ -257,7 +279,7 @@ fn backstop(ctx: &TcContext, offset: usize, ethertype: u16, mac: Option<[u8; 6]>
     ) {
         Some((cgroup, policy)) if policy.is_protected() => (cgroup, policy, true, lookup_netns()),
         Some(_) => return TC_NEXT,
-        None if !sent_by_kernel(own) => return TC_NEXT,
+        None if !sent_by_kernel(own) || agent_socket(skb) => return TC_NEXT,
         None => {
             let netns_cookie = lookup_netns();
             match netns_cookie.and_then(socketless_policy) {
@@ -323,6 +345,16 @@ fn sent_by_kernel(own: u64) -> bool {
         || KERNEL_LAYOUT
             .get(0)
             .is_some_and(|l| l.root_cgroup_id == own)
+}
+
+/// Whether the frame's socket is one of the agent's own (its resolver forwarding a query from
+/// a gateway's namespace): an agent in the root cgroup would otherwise look like the kernel.
+#[inline(always)]
+fn agent_socket(skb: *mut __sk_buff) -> bool {
+    // SAFETY: helper on the program's own context; 0 when the frame has no socket.
+    let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
+    // SAFETY: a plain lookup; the value is never dereferenced.
+    cookie != 0 && unsafe { AGENT_SOCKETS.get(cookie) }.is_some()
 }
 
 /// The protected policy that judges what the kernel sends in namespace `cookie`, if any.

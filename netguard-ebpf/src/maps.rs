@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use netguard_common::{
-    CarrierKey, CgroupOwner, CgroupPolicy, ContainerKey, Counters, EndpointKey, EventBudget,
-    GatewayState, IfaceKey, KernelLayout, MAX_GATEWAYS, NAME_SCRATCH_LEN, NetnsGuard, ScopedV4,
-    ScopedV6, StoppedTask,
+    CarrierKey, CgroupOwner, CgroupPolicy, ContainerKey, Counters, DnsPeer, DnsSteer, EndpointKey,
+    EventBudget, GatewayState, IfaceKey, KernelLayout, MAX_GATEWAYS, NAME_SCRATCH_LEN, NetnsGuard,
+    ScopedV4, ScopedV6, StoppedTask,
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -54,3 +54,9 @@ pub static NAME_SCRATCH: PerCpuArray<[u8; NAME_SCRATCH_LEN]> = PerCpuArray::with
 pub static OWNERS: LruHashMap<u64, CgroupOwner> = LruHashMap::with_max_entries(8192, 0);
 #[map(name = "NG_KERNEL_LAYOUT")]
 pub static KERNEL_LAYOUT: Array<KernelLayout> = Array::with_max_entries(1, 0);
+#[map(name = "NG_DNS")]
+pub static DNS: HashMap<u64, DnsSteer> = HashMap::with_max_entries(MAX_POLICIES, 0);
+#[map(name = "NG_DNS_PEERS")]
+pub static DNS_PEERS: LruHashMap<u64, DnsPeer> = LruHashMap::with_max_entries(MAX_POLICIES, 0);
+#[map(name = "NG_AGENT_SOCKETS")]
+pub static AGENT_SOCKETS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);

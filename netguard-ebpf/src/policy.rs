@@ -2,8 +2,9 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use netguard_common::{
-    BlockReason, CgroupPolicy, EndpointKey, FAMILY_V4, MAX_CGROUP_DEPTH, SCOPE_BITS, SCOPE_GLOBAL,
-    ScopedV4, ScopedV6, TUNNEL_UP, TxPath, parse::Flow,
+    BlockReason, CgroupPolicy, DNS_PORT, DOCKER_RESOLVER_V4, EndpointKey, FAMILY_V4,
+    MAX_CGROUP_DEPTH, SCOPE_BITS, SCOPE_GLOBAL, ScopedV4, ScopedV6, TUNNEL_UP, TxPath,
+    parse::{Flow, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 use crate::maps::{ENDPOINTS, GATEWAYS, INTERNAL_V4, INTERNAL_V6, POLICY};
@@ -69,6 +70,11 @@ pub fn decide(
     if !policy.is_protected() {
         return Ok(TxPath::Direct);
     }
+    // A protected container's DNS goes to netguard's resolver only, steered there by the
+    // socket hooks; what reaches this point as DNS skipped them (or found no resolver).
+    if is_dns(flow) {
+        return Err(BlockReason::Dns);
+    }
     if is_internal(SCOPE_GLOBAL, flow) || is_internal(scope, flow) {
         return Ok(TxPath::Internal);
     }
@@ -101,6 +107,17 @@ pub fn decide(
         }
         Route::Device { .. } => Err(BlockReason::NotAllowed),
     }
+}
+
+/// Whether `flow` is DNS as netguard steers it: TCP or UDP to port 53 (any address: a LAN
+/// resolver forwards in the clear), or anything to Docker's embedded resolver (its real
+/// port is a random one, and it forwards with dockerd's own sockets, out of netguard's sight).
+#[inline(always)]
+pub fn is_dns(flow: &Flow) -> bool {
+    (flow.port_known
+        && flow.port == DNS_PORT
+        && (flow.proto == IPPROTO_UDP || flow.proto == IPPROTO_TCP))
+        || (flow.family == FAMILY_V4 && flow.addr[..4] == DOCKER_RESOLVER_V4)
 }
 
 #[inline(always)]

@@ -103,6 +103,11 @@ pub struct CounterSet {
     pub transmit_bytes_by_path: BTreeMap<String, u64>,
     #[serde(default)]
     pub transmit_packets_by_path: BTreeMap<String, u64>,
+    /// Its DNS queries netguard's resolver took since the agent started, by outcome:
+    /// `answered` (a Docker name, answered by netguard), `forwarded` (sent through the
+    /// tunnel to the gateway's resolver, or to the one the operator allowed), `refused`.
+    #[serde(default)]
+    pub dns_queries: BTreeMap<String, u64>,
 }
 
 impl From<&Counters> for CounterSet {
@@ -130,6 +135,7 @@ impl From<&Counters> for CounterSet {
             events_suppressed: c.events_suppressed,
             transmit_bytes_by_path: by_path(&c.tx_bytes_by_path),
             transmit_packets_by_path: by_path(&c.tx_packets_by_path),
+            dns_queries: BTreeMap::new(),
         }
     }
 }
@@ -174,13 +180,17 @@ pub struct BlockedFlowRecord {
     /// `ip:port/proto` (`[ip]:port/proto` for IPv6).
     pub destination: String,
     pub reason: String,
-    /// Where it was stopped: `egress`, `connect`, `sendmsg` or `backstop`.
+    /// Where it was stopped: `egress`, `connect`, `sendmsg`, `backstop`, ... or `resolver`
+    /// (a DNS query netguard's resolver refused: `query` names it).
     pub hook: String,
     /// Size of the dropped packet; 0 for a refused call.
     pub bytes: u32,
     /// Blocked before this agent started (it waited in the pinned ring buffer): not live.
     #[serde(default)]
     pub before_start: bool,
+    /// For a DNS query refused by netguard's resolver: the name asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
 }
 
 impl BlockedFlowRecord {

@@ -22,6 +22,19 @@ pub type Mac = [u8; 6];
 /// WireGuard, ppp): no Ethernet device has it.
 pub const NO_LINK_HEADER: Mac = [0; 6];
 
+/// A container's place on one Docker network: what Docker's embedded resolver answers for
+/// it there, to the containers on the same network.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetworkPlace {
+    /// The network's name.
+    pub network: String,
+    /// The names Docker resolves to it there besides its own: aliases (a Compose service's
+    /// name, the short id) and DNS names.
+    pub names: Vec<String>,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
 /// A cgroup v2 id: the inode number of its directory, as `bpf_skb_cgroup_id` reports it.
 pub type CgroupId = u64;
 

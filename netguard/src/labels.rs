@@ -26,8 +26,9 @@ pub const GLUETUN_API_KEY: &str = "netguard.gluetun.apikey";
 pub const HANDSHAKE_MAX_AGE: &str = "netguard.handshake.max-age";
 pub const PROBE: &str = "netguard.probe";
 pub const HEAL: &str = "netguard.heal";
+pub const DNS: &str = "netguard.dns";
 /// Every `netguard.*` key netguard reads.
-pub const KNOWN_NETGUARD_KEYS: [&str; 14] = [
+pub const KNOWN_NETGUARD_KEYS: [&str; 15] = [
     ROLE,
     GATEWAY,
     ALLOW,
@@ -42,6 +43,7 @@ pub const KNOWN_NETGUARD_KEYS: [&str; 14] = [
     HANDSHAKE_MAX_AGE,
     PROBE,
     HEAL,
+    DNS,
 ];
 
 /// Whether the agent restarts a container stranded in a restarted gateway's old network
@@ -70,6 +72,10 @@ pub struct ContainerLabels {
     /// Tunnel health for a gateway; `None` when no `netguard.health*` label says otherwise.
     pub health: Option<HealthPolicy>,
     pub heal: Heal,
+    /// `netguard.dns`: the resolver netguard forwards external names to (on a gateway: its
+    /// containers' resolver, seen from its namespace; on a protected container: the one the
+    /// operator allows it, which overrides its gateway's).
+    pub dns: Option<SocketAddr>,
     /// One line per malformed or unknown label, naming the key and the value.
     pub problems: Vec<String>,
 }
@@ -190,6 +196,13 @@ impl ContainerLabels {
                          it when its gateway's restart strands it) or off"
                     )),
                 },
+                DNS => match parse_resolver(value) {
+                    Some(resolver) => parsed.dns = Some(resolver),
+                    None => parsed.problems.push(format!(
+                        "label {DNS}={value:?} is not an address or address:port (e.g. \
+                         10.64.0.1 or 10.64.0.1:53): ignored, the gateway's resolver is used"
+                    )),
+                },
                 HEALTH | HEALTH_COMBINE | HEALTH_UP_AFTER | HEALTH_DOWN_AFTER | GLUETUN
                 | GLUETUN_API_KEY | HANDSHAKE_MAX_AGE | PROBE => {}
                 other if loosens(other) => {
@@ -207,6 +220,17 @@ impl ContainerLabels {
         }
         parsed
     }
+}
+
+/// A resolver's address: `ip`, `ip:port` or `[ipv6]:port`; the port defaults to 53.
+pub fn parse_resolver(value: &str) -> Option<SocketAddr> {
+    let value = value.trim();
+    value.parse::<SocketAddr>().ok().or_else(|| {
+        value
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, netguard_common::DNS_PORT))
+    })
 }
 
 /// The health policy the labels ask for; every malformed value reads as down.

@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dns;
 pub mod docker;
 pub mod doctor;
 pub mod domain;

@@ -122,6 +122,7 @@ impl Collector for Scrape {
                 })
             };
         let by_reason = move |select| split("reason", select);
+        let by_outcome = move |select| split("outcome", select);
         let by_path = move |select| split("path", select);
         let counter = MetricType::Counter;
         let gauge = MetricType::Gauge;
@@ -195,6 +196,13 @@ impl Collector for Scrape {
             "connect()/sendto() calls of the container refused with EPERM, by reason (no packet was made).",
             counter,
             by_reason(|c| &c.refused_calls),
+        )?;
+        family(
+            &mut encoder,
+            "netguard_container_dns_queries",
+            "DNS queries of the container taken by netguard's resolver, by outcome: answered (a Docker name, answered by netguard), forwarded (through the tunnel to its gateway's resolver, or to the resolver the operator allowed), refused (no gateway, tunnel down).",
+            counter,
+            by_outcome(|c| &c.dns_queries),
         )?;
         family(
             &mut encoder,

@@ -10,6 +10,7 @@ pub mod cgroups;
 pub mod docker;
 pub mod http;
 pub mod lab;
+pub mod observe;
 pub mod probe;
 pub mod prometheus;
 pub mod sniffer;

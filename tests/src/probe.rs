@@ -20,6 +20,9 @@ pub struct ProbeResult {
     pub done: u64,
     pub elapsed_us: u64,
     pub error: String,
+    /// What came back (a DNS answer: its first address, or `rcode N`).
+    #[serde(default)]
+    pub answer: String,
 }
 
 impl ProbeResult {

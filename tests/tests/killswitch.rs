@@ -77,41 +77,51 @@ fn protected_cgroup_reaches_internal_host_but_not_the_internet() {
     );
 }
 
+/// DNS from a protected cgroup goes to netguard's resolver in its namespace or nowhere: a
+/// cgroup of the configuration has none, so its queries are refused at once (EPERM), to
+/// the LAN's resolver as to the internet's (a LAN resolver forwards in the clear).
 #[test]
-fn dns_to_an_external_resolver_is_blocked_and_to_an_internal_one_allowed() {
+fn dns_without_a_resolver_is_refused_to_internal_and_external_resolvers_alike() {
     let s = Setup::new(Options::default());
     let (internet, lan) = (Sniffer::start(&s.lab.internet), Sniffer::start(&s.lab.lan));
     let _lan_dns_tcp = TcpSink::start(&s.lab.lan, 53);
     let client = |args: &[&str]| probe(&s.lab.client, Some(&s.protected), args);
 
     for transport in ["udp", "tcp"] {
-        let internal = client(&["dns", &addr(LAN_V4), transport]);
-        assert!(
-            internal.ok,
-            "DNS/{transport} to the internal resolver: {internal:?}"
-        );
-        let external = client(&["dns", &addr(INTERNET_V4), transport]);
-        assert_eq!(
-            external.errno, EPERM,
-            "DNS/{transport} to the external resolver: {external:?}"
-        );
-        let external6 = client(&["dns", &addr(INTERNET_V6), transport]);
-        assert_eq!(
-            external6.errno, EPERM,
-            "DNS/{transport} over IPv6: {external6:?}"
-        );
+        for resolver in [
+            LAN_V4.into(),
+            LAN_V6.into(),
+            INTERNET_V4.into(),
+            INTERNET_V6.into(),
+        ] {
+            let resolver: IpAddr = resolver;
+            let query = client(&["dns", &addr(resolver), transport]);
+            assert_eq!(
+                query.errno, EPERM,
+                "DNS/{transport} to {resolver}: {query:?}"
+            );
+        }
     }
-    wait_for("both DNS queries at the internal resolver", || {
-        lan.count(|a| a.dst_port == 53 && a.proto == 17) == 1
-            && lan.count(|a| a.dst_port == 53 && a.proto == 6) >= 1
+    // The LAN resolver on another port is just an internal host.
+    let other_port = client(&["udp", &addr(LAN_V4), "5300", "1", "8"]);
+    assert!(other_port.ok, "{other_port:?}");
+    wait_for("the datagram to the LAN host's other port", || {
+        lan.count(|a| a.dst_port == 5300) == 1
     });
+    s.barrier(&lan, LAN_V4);
     s.barrier(&internet, INTERNET_V4);
     s.barrier(&internet, INTERNET_V6);
     assert_eq!(
+        lan.count(|a| a.dst_port == 53),
+        0,
+        "a query reached the LAN resolver"
+    );
+    assert_eq!(
         internet.count(|a| a.dst_port == 53),
         0,
-        "a DNS query reached the external resolver"
+        "a query reached the external resolver"
     );
+    assert_eq!(s.refused(BlockReason::Dns), 8, "2 transports x 4 resolvers");
 }
 
 #[test]

@@ -10,9 +10,9 @@ use netguard_tests::{
     sniffer::Sniffer,
 };
 
-/// Links each start reports: seven cgroup programs, the raw-socket guard and the backstop on
+/// Links each start reports: nine cgroup programs, the raw-socket guard and the backstop on
 /// the client namespace's one interface (no classifier without Docker).
-const PER_START: usize = 9;
+const PER_START: usize = 11;
 
 fn blocked_to_internet(s: &Setup) {
     let result = probe(

@@ -3,10 +3,8 @@
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead as _, BufReader},
     net::SocketAddr,
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
     time::Instant,
 };
 
@@ -16,6 +14,7 @@ use netguard_tests::{
     docker::DockerLab,
     http::{self, Sample, parse_exposition},
     lab::{INTERNET_V4, LAN_V4, addr},
+    observe::Observer,
     probe::EPERM,
     prometheus::Prometheus,
     wait_for,
@@ -330,53 +329,6 @@ fn containers_sharing_a_gateway_netns_are_counted_apart_in_metrics() {
         Some(0.0),
         "the gateway sent nothing itself: its neighbours' traffic is theirs"
     );
-}
-
-/// `netguard observe` as a child: its stdout lines with the instant each arrived.
-struct Observer {
-    child: std::process::Child,
-    lines: Arc<Mutex<Vec<(Instant, String)>>>,
-}
-
-impl Observer {
-    fn start(agent: SocketAddr) -> Self {
-        let mut child = Command::new(netguard_bin())
-            .args(["observe", "--agent", &agent.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("netguard observe");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                sink.lock().unwrap().push((Instant::now(), line));
-            }
-        });
-        // It says on stderr when it is attached to the stream.
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut first = String::new();
-        stderr.read_line(&mut first).unwrap();
-        assert!(first.contains("watching blocked flows"), "{first:?}");
-        Self { child, lines }
-    }
-
-    fn line_with(&self, needle: &str) -> Option<(Instant, String)> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(_, l)| l.contains(needle))
-            .cloned()
-    }
-}
-
-impl Drop for Observer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -211,11 +211,11 @@ fn fragment_header(next: u8, offset_units: u16, more: bool) -> Vec<u8> {
 fn plain_packets_follow_the_policy() {
     let mut v = Verdicts::new();
     assert_eq!(
-        v.egress(&ipv4(INTERNAL_V4, &[], 0, &udp(53, 10), None)),
+        v.egress(&ipv4(INTERNAL_V4, &[], 0, &udp(5300, 10), None)),
         PASS
     );
     assert_eq!(
-        v.egress(&ipv4(EXTERNAL_V4, &[], 0, &udp(53, 10), None)),
+        v.egress(&ipv4(EXTERNAL_V4, &[], 0, &udp(5300, 10), None)),
         DROP
     );
     assert_eq!(
@@ -232,8 +232,14 @@ fn plain_packets_follow_the_policy() {
         )),
         DROP
     );
-    assert_eq!(v.egress(&ipv6(INTERNAL_V6, UDP, &udp(53, 10), None)), PASS);
-    assert_eq!(v.egress(&ipv6(EXTERNAL_V6, UDP, &udp(53, 10), None)), DROP);
+    assert_eq!(
+        v.egress(&ipv6(INTERNAL_V6, UDP, &udp(5300, 10), None)),
+        PASS
+    );
+    assert_eq!(
+        v.egress(&ipv6(EXTERNAL_V6, UDP, &udp(5300, 10), None)),
+        DROP
+    );
     let c = v.counters();
     // The gateway's tunnel is down: that is the reason for the three external drops.
     assert_eq!(c.blocked_packets[BlockReason::TunnelDown as usize], 3);
@@ -248,11 +254,11 @@ fn ipv4_options_are_walked_and_source_routes_are_refused() {
     let nop_then_end = [0x01, 0x01, 0x00, 0x00];
     for options in [&router_alert[..], &nop_then_end[..]] {
         assert_eq!(
-            v.egress(&ipv4(INTERNAL_V4, options, 0, &udp(53, 4), None)),
+            v.egress(&ipv4(INTERNAL_V4, options, 0, &udp(5300, 4), None)),
             PASS
         );
         assert_eq!(
-            v.egress(&ipv4(EXTERNAL_V4, options, 0, &udp(53, 4), None)),
+            v.egress(&ipv4(EXTERNAL_V4, options, 0, &udp(5300, 4), None)),
             DROP
         );
     }
@@ -260,7 +266,7 @@ fn ipv4_options_are_walked_and_source_routes_are_refused() {
     for kind in [0x83u8, 0x89] {
         let source_route = [0x01, kind, 7, 4, 198, 18, 2, 2];
         assert_eq!(
-            v.egress(&ipv4(INTERNAL_V4, &source_route, 0, &udp(53, 4), None)),
+            v.egress(&ipv4(INTERNAL_V4, &source_route, 0, &udp(5300, 4), None)),
             DROP
         );
     }
@@ -270,7 +276,7 @@ fn ipv4_options_are_walked_and_source_routes_are_refused() {
             INTERNAL_V4,
             &[0x94, 0x09, 0, 0],
             0,
-            &udp(53, 4),
+            &udp(5300, 4),
             None
         )),
         DROP
@@ -303,10 +309,10 @@ fn ipv6_extension_headers_are_walked() {
     // A routing header with segments left sends the packet on elsewhere: refused even to an
     // internal next hop. With none left, the header's destination is final.
     let mut rerouted = routing_header(UDP, 1);
-    rerouted.extend(udp(53, 4));
+    rerouted.extend(udp(5300, 4));
     assert_eq!(v.egress(&ipv6(INTERNAL_V6, ROUTING, &rerouted, None)), DROP);
     let mut done = routing_header(UDP, 0);
-    done.extend(udp(53, 4));
+    done.extend(udp(5300, 4));
     assert_eq!(v.egress(&ipv6(INTERNAL_V6, ROUTING, &done, None)), PASS);
 
     // More extension headers than the datapath walks: blocked, not guessed.
@@ -314,7 +320,7 @@ fn ipv6_extension_headers_are_walked() {
     for _ in 0..9 {
         deep.extend(options_header(DSTOPTS));
     }
-    deep.extend(udp(53, 4));
+    deep.extend(udp(5300, 4));
     assert_eq!(v.egress(&ipv6(INTERNAL_V6, DSTOPTS, &deep, None)), DROP);
     assert_eq!(
         v.counters().blocked_packets[BlockReason::Malformed as usize],
@@ -370,18 +376,18 @@ fn a_count_only_ancestor_cannot_loosen_a_protected_cgroup() {
     let parent = v.in_cgroup.parent_id();
     v.set_policy(parent, Policy::CountOnly);
     assert_eq!(
-        v.egress(&ipv4(EXTERNAL_V4, &[], 0, &udp(53, 4), None)),
+        v.egress(&ipv4(EXTERNAL_V4, &[], 0, &udp(5300, 4), None)),
         DROP
     );
     assert_eq!(
-        v.egress(&ipv4(INTERNAL_V4, &[], 0, &udp(53, 4), None)),
+        v.egress(&ipv4(INTERNAL_V4, &[], 0, &udp(5300, 4), None)),
         PASS
     );
     // Once the child is only counted too, the parent's entry decides: pass, counted there.
     let own = v.cgroup;
     v.set_policy(own, Policy::CountOnly);
     assert_eq!(
-        v.egress(&ipv4(EXTERNAL_V4, &[], 0, &udp(53, 4), None)),
+        v.egress(&ipv4(EXTERNAL_V4, &[], 0, &udp(5300, 4), None)),
         PASS
     );
     let parent_counters = v
@@ -399,11 +405,11 @@ fn truncated_packets_are_dropped_as_malformed_and_counted() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "IPv4 total length beyond the packet",
-            ipv4(INTERNAL_V4, &[], 0, &udp(53, 4), Some(200)),
+            ipv4(INTERNAL_V4, &[], 0, &udp(5300, 4), Some(200)),
         ),
         (
             "IPv4 total length below the header",
-            ipv4(INTERNAL_V4, &[], 0, &udp(53, 4), Some(12)),
+            ipv4(INTERNAL_V4, &[], 0, &udp(5300, 4), Some(12)),
         ),
         ("IHL beyond the packet", {
             let mut frame = ipv4(INTERNAL_V4, &[], 0, &[], Some(20));
@@ -412,7 +418,7 @@ fn truncated_packets_are_dropped_as_malformed_and_counted() {
         }),
         (
             "UDP header cut short",
-            ipv4(INTERNAL_V4, &[], 0, &[0x9c, 0x40, 0, 53], None),
+            ipv4(INTERNAL_V4, &[], 0, &[0x9c, 0x40, 0x14, 0xb4], None),
         ),
         ("TCP header cut short", {
             let mut frame = ipv4(INTERNAL_V4, &[], 0, &[0x9c, 0x40, 0, 80, 0, 0, 0, 1], None);
@@ -421,7 +427,7 @@ fn truncated_packets_are_dropped_as_malformed_and_counted() {
         }),
         (
             "IPv6 payload length beyond the packet",
-            ipv6(INTERNAL_V6, UDP, &udp(53, 4), Some(400)),
+            ipv6(INTERNAL_V6, UDP, &udp(5300, 4), Some(400)),
         ),
         (
             "IPv6 extension header cut short",
@@ -467,15 +473,15 @@ fn backstop_judges_frames_by_their_senders_policy_and_lets_kernel_tunnel_carrier
         "a protected process's own ARP frame (AF_PACKET) can carry anything to any neighbour"
     );
     assert_eq!(
-        v.backstop(&ipv4(INTERNAL_V4, &[], 0, &udp(53, 4), None)),
+        v.backstop(&ipv4(INTERNAL_V4, &[], 0, &udp(5300, 4), None)),
         TC_NEXT
     );
     assert_eq!(
-        v.backstop(&ipv4(EXTERNAL_V4, &[], 0, &udp(53, 4), None)),
+        v.backstop(&ipv4(EXTERNAL_V4, &[], 0, &udp(5300, 4), None)),
         TC_DROP
     );
     assert_eq!(
-        v.backstop(&ipv6(EXTERNAL_V6, UDP, &udp(53, 4), None)),
+        v.backstop(&ipv6(EXTERNAL_V6, UDP, &udp(5300, 4), None)),
         TC_DROP
     );
     assert_eq!(
@@ -551,7 +557,7 @@ fn backstop_judges_frames_by_their_senders_policy_and_lets_kernel_tunnel_carrier
     let own = v.cgroup;
     v.set_policy(own, Policy::CountOnly);
     assert_eq!(
-        v.backstop(&ipv4(EXTERNAL_V4, &[], 0, &udp(53, 4), None)),
+        v.backstop(&ipv4(EXTERNAL_V4, &[], 0, &udp(5300, 4), None)),
         TC_NEXT
     );
 }
@@ -599,4 +605,43 @@ fn removing_a_gateway_rewrites_its_references_before_the_slot_is_reused() {
         v.egress(&ipv4(ENDPOINT_V4, &[], 0, &udp(ENDPOINT_PORT, 4), None)),
         DROP
     );
+}
+
+/// A protected cgroup's DNS leaves for nothing but netguard's resolver (which the socket
+/// hooks steer it to): what reaches egress as DNS skipped them, whatever the resolver's
+/// address, internal included; and nothing reaches Docker's embedded resolver, whatever
+/// the port (dockerd listens on a random one and forwards with its own sockets).
+#[test]
+fn dns_that_skipped_the_steering_is_dropped_even_to_internal_resolvers() {
+    let mut v = Verdicts::new();
+    let mut tcp_to_53 = vec![0x9c, 0x40, 0, 53, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0, 0];
+    tcp_to_53.extend_from_slice(&[0, 0, 0, 0]);
+    let embedded = Ipv4Addr::new(127, 0, 0, 11);
+    let frames = [
+        ipv4(INTERNAL_V4, &[], 0, &udp(53, 10), None),
+        ipv4(EXTERNAL_V4, &[], 0, &udp(53, 10), None),
+        ipv6(INTERNAL_V6, UDP, &udp(53, 10), None),
+        ipv4_with_protocol(INTERNAL_V4, 6, &tcp_to_53),
+        ipv4(embedded, &[], 0, &udp(41_953, 10), None),
+    ];
+    for frame in &frames {
+        assert_eq!(v.egress(frame), DROP);
+    }
+    assert_eq!(v.counters().blocked_packets[BlockReason::Dns as usize], 5);
+    for frame in &frames {
+        assert_eq!(v.backstop(frame), TC_DROP);
+    }
+    // The same internal resolver on another port is just an internal host.
+    assert_eq!(
+        v.egress(&ipv4(INTERNAL_V4, &[], 0, &udp(5300, 10), None)),
+        PASS
+    );
+}
+
+/// An IPv4 packet of protocol `proto` without options.
+fn ipv4_with_protocol(dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut frame = ipv4(dst, &[], 0, l4, None);
+    // Ethernet header (14) + protocol at offset 9 of the IP header.
+    frame[14 + 9] = proto;
+    frame
 }

@@ -63,3 +63,11 @@ pub const HEAL_ATTEMPTS: u32 = 5;
 pub const HEAL_FIRST_BACKOFF: Duration = Duration::from_secs(10);
 /// How long the CLI waits for the agent's answer (not for the live flow stream).
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long netguard's resolver waits for an upstream answer before it answers SERVFAIL
+/// (below the 5 s a stub resolver waits, so the container hears of it).
+pub const DNS_FORWARD_TIMEOUT: Duration = Duration::from_secs(4);
+/// Queries one container may have in flight at netguard's resolver; more are dropped.
+pub const DNS_IN_FLIGHT: usize = 64;
+/// A TCP connection to netguard's resolver idle this long is closed.
+pub const DNS_TCP_IDLE: Duration = Duration::from_secs(10);

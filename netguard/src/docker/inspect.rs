@@ -1,20 +1,24 @@
 //! One container as Docker and the host describe it: `docker inspect`, then its cgroup and
 //! network namespace from `/proc`.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result};
 use bollard::{
     Docker,
     models::{
-        ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum, HealthStatusEnum,
+        ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum, EndpointSettings,
+        HealthStatusEnum,
     },
 };
 use tracing::debug;
 
 use crate::{
     cgroup::{Cgroup, process_cgroup},
-    domain::ContainerId,
+    domain::{ContainerId, NetworkPlace},
     labels::{ContainerLabels, ImageLabels},
     netns,
     report::ContainerFacts,
@@ -32,6 +36,8 @@ pub struct Inspected {
     pub network_mode: String,
     /// Docker's health status, if it has a HEALTHCHECK.
     pub docker_healthy: Option<bool>,
+    /// The networks it is on, by id.
+    pub networks: BTreeMap<String, NetworkPlace>,
     /// Its process, cgroup and namespace, if it runs; `Err` when it runs but the host's facts
     /// about it could not be read (what was known before stays).
     pub running: Option<Result<Running, String>>,
@@ -140,6 +146,12 @@ pub fn from_summary(summary: &ContainerSummary, images: &ImageCache) -> Inspecte
         .and_then(|id| images.get(id))
         .map_or(ImageLabels::Unknown, ImageLabels::Known);
     let mut inspected = from_parts(name, &labels, network_mode, image, None, image_labels);
+    inspected.networks = summary
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .map(networks)
+        .unwrap_or_default();
     if summary.state == Some(ContainerSummaryStateEnum::RUNNING) {
         inspected.facts.running = true;
         inspected.running = Some(Err("not inspected".into()));
@@ -177,14 +189,50 @@ fn from_response(info: &ContainerInspectResponse, image_labels: ImageLabels<'_>)
         .and_then(|h| h.status)
         .filter(|status| *status != HealthStatusEnum::EMPTY && *status != HealthStatusEnum::NONE)
         .map(|status| status == HealthStatusEnum::HEALTHY);
-    from_parts(
+    let mut inspected = from_parts(
         name,
         &raw_labels,
         network_mode,
         image,
         docker_healthy,
         image_labels,
-    )
+    );
+    inspected.networks = info
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .map(networks)
+        .unwrap_or_default();
+    inspected
+}
+
+/// The networks a container is on (by id) and what Docker's resolver answers for it there.
+fn networks(endpoints: &HashMap<String, EndpointSettings>) -> BTreeMap<String, NetworkPlace> {
+    endpoints
+        .iter()
+        .filter_map(|(network, endpoint)| {
+            let id = endpoint.network_id.clone().filter(|id| !id.is_empty())?;
+            let mut names: Vec<String> = endpoint
+                .aliases
+                .iter()
+                .chain(endpoint.dns_names.iter())
+                .flatten()
+                .map(|name| name.to_ascii_lowercase())
+                .collect();
+            names.sort();
+            names.dedup();
+            let place = NetworkPlace {
+                network: network.clone(),
+                names,
+                ipv4: endpoint.ip_address.as_deref().and_then(|a| a.parse().ok()),
+                ipv6: endpoint
+                    .global_ipv6_address
+                    .as_deref()
+                    .and_then(|a| a.parse().ok()),
+            };
+            Some((id, place))
+        })
+        .collect()
 }
 
 fn from_parts(
@@ -235,6 +283,7 @@ fn from_parts(
         network_mode,
         docker_healthy,
         labels,
+        networks: BTreeMap::new(),
         running: None,
         facts,
     }

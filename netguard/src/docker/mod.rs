@@ -84,6 +84,8 @@ pub struct Watcher {
     images: inspect::ImageCache,
     /// What operators see (API, metrics): containers' names, images and cgroups.
     report: Arc<Report>,
+    /// netguard's resolver for each protected container.
+    resolvers: crate::dns::Resolvers,
 }
 
 impl Watcher {
@@ -95,6 +97,7 @@ impl Watcher {
         statics: StaticPolicy,
         report: Arc<Report>,
     ) -> Self {
+        let resolvers = crate::dns::Resolvers::new(report.clone(), datapath.pin_dir());
         Self {
             socket: follow.socket,
             resync: follow.resync,
@@ -114,6 +117,7 @@ impl Watcher {
             frozen: BTreeSet::new(),
             reported: HashMap::new(),
             images: HashMap::new(),
+            resolvers,
             report,
         }
     }

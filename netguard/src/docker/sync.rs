@@ -129,6 +129,7 @@ impl Watcher {
         container.labels = found.labels;
         container.network_mode = found.network_mode;
         container.docker_healthy = found.docker_healthy;
+        container.networks = found.networks;
         let mut cgroup = container.running.as_ref().map(|i| i.cgroup);
         match found.running {
             Some(Ok(running)) => {
@@ -221,6 +222,7 @@ impl Watcher {
             .apply(&desired, &mut self.datapath, Prune::Yes, now_secs());
         self.freeze_unenforced(&applied.unwritten);
         self.log_applied(applied);
+        self.sync_resolvers(&desired);
         self.note_stranded();
         for problem in &desired.problems {
             if self.problems.insert(problem.clone()) {
@@ -300,7 +302,18 @@ impl Watcher {
                 &mut applied,
             );
             self.log_applied(applied);
+            // External names go through the tunnel, or are refused at once, as it is now.
+            self.sync_resolvers(&desired);
         }
+    }
+
+    /// netguard's resolvers in line with the decision and the tunnels.
+    fn sync_resolvers(&mut self, desired: &DesiredState) {
+        self.resolvers.sync(
+            crate::dns::names::Directory::new(&self.containers),
+            crate::dns::plan(&self.containers, desired),
+            &mut self.datapath.maps,
+        );
     }
 
     pub(super) fn log_applied(&self, applied: Applied) {

@@ -16,7 +16,7 @@ use netguard_common::{CarrierKey, CgroupPolicy, EndpointKey, GatewayState, Iface
 
 pub use self::{
     datapath::Datapath,
-    maps::{Maps, PinnedOwners},
+    maps::{AgentSocket, AgentSockets, Maps, PinnedOwners},
 };
 use crate::domain::{CgroupId, ContainerId, GatewayId};
 

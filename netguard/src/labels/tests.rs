@@ -112,3 +112,14 @@ fn gateway_labels() {
     assert_eq!(labels.endpoints.len(), 1);
     assert_eq!(labels.tunnel_interfaces, vec!["wg0", "tun0"]);
 }
+
+#[test]
+fn a_resolver_label_takes_an_address_with_or_without_a_port() {
+    let parsed = |value: &str| ContainerLabels::parse([(DNS, value)]);
+    assert_eq!(parsed("10.64.0.1").dns, Some("10.64.0.1:53".parse().unwrap()));
+    assert_eq!(parsed("10.64.0.1:5353").dns, Some("10.64.0.1:5353".parse().unwrap()));
+    assert_eq!(parsed("[fd00::1]:53").dns, Some("[fd00::1]:53".parse().unwrap()));
+    let bad = parsed("pihole.lan");
+    assert_eq!(bad.dns, None);
+    assert!(bad.problems[0].contains("pihole.lan"), "{:?}", bad.problems);
+}

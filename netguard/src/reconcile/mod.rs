@@ -25,7 +25,7 @@ use netguard_common::CarrierKey;
 pub use self::gateways::GatewayChoice;
 use crate::{
     config::INSTANCES_KEPT,
-    domain::{CgroupId, ContainerId, Endpoint, Mac, TunnelInterface, carrier_key},
+    domain::{CgroupId, ContainerId, Endpoint, Mac, NetworkPlace, TunnelInterface, carrier_key},
     labels::ContainerLabels,
 };
 
@@ -49,6 +49,8 @@ pub struct Container {
     pub instances: Vec<CgroupId>,
     /// Docker's health status, for a container with a HEALTHCHECK; `None` without one.
     pub docker_healthy: Option<bool>,
+    /// The Docker networks it is on, by network id.
+    pub networks: BTreeMap<String, NetworkPlace>,
 }
 
 impl Container {
@@ -63,6 +65,7 @@ impl Container {
             running: None,
             instances: Vec::new(),
             docker_healthy: None,
+            networks: BTreeMap::new(),
         }
     }
 

@@ -38,7 +38,13 @@ impl Report {
             hook: event.hook_text().to_string(),
             bytes: event.bytes,
             before_start: event.at_boot_ns != 0 && event.at_boot_ns < self.started_boot_ns,
+            query: None,
         };
+        self.keep(record)
+    }
+
+    /// Keeps a record for `/api/v1/flows` and sends it to live streams.
+    pub(super) fn keep(&self, record: BlockedFlowRecord) -> BlockedFlowRecord {
         let mut flows = self.flows.lock().unwrap();
         if flows.len() == crate::config::RECENT_FLOWS {
             flows.pop_front();
@@ -55,7 +61,7 @@ impl Report {
     /// seen yet), else the pinned owner (a container gone, maybe before this agent ran).
     /// A cgroup gone with nothing known of it is `cgroup N (gone)`; empty only while a live
     /// cgroup is not known yet.
-    fn attribute(&self, cgroup: CgroupId) -> (String, String) {
+    pub(super) fn attribute(&self, cgroup: CgroupId) -> (String, String) {
         let inventory = self.inventory.read().unwrap();
         if let Some(id) = inventory.owner.get(&cgroup) {
             return (

@@ -3,6 +3,7 @@
 //! watcher and the event reader write it; `/metrics` and the API read it, together with the
 //! counters, which stay in the kernel's maps and are read at scrape time.
 
+mod dns;
 mod status;
 mod unknown;
 
@@ -20,6 +21,7 @@ use netguard_common::Counters;
 use tokio::sync::broadcast;
 
 pub use self::{
+    dns::DnsOutcome,
     status::{gateways, status_from_pins},
     unknown::UnknownCgroup,
 };
@@ -123,6 +125,8 @@ pub struct Report {
     started_boot_ns: u64,
     /// The pinned owners of container cgroups, to name flows whose cgroup is gone.
     owners: std::sync::OnceLock<Mutex<PinnedOwners>>,
+    /// DNS queries netguard's resolver took, per container, by [`DnsOutcome`].
+    dns: Mutex<HashMap<ContainerId, [u64; DnsOutcome::ALL.len()]>>,
 }
 
 impl Report {
@@ -150,6 +154,7 @@ impl Report {
             grace,
             started_boot_ns: crate::sys::boottime_ns(),
             owners: std::sync::OnceLock::new(),
+            dns: Mutex::default(),
         }
     }
 

@@ -147,6 +147,8 @@ impl Report {
                 Some(last) => last,
                 None => counters_of(cgroups.last())?,
             };
+            let mut counters = CounterSet::from(&counters);
+            counters.dns_queries = self.dns_queries(&id);
             out.push(ContainerStatus {
                 name: facts.name,
                 id: id.as_str().to_string(),
@@ -163,7 +165,7 @@ impl Report {
                 removed: removed.is_some(),
                 recent_blocked: recent_of(&cgroups),
                 cgroups,
-                counters: CounterSet::from(&counters),
+                counters,
                 unknown: false,
                 problems: facts.problems,
             });

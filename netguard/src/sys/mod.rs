@@ -57,19 +57,29 @@ fn query_socket() -> io::Result<OwnedFd> {
 /// The cookie of the calling thread's network namespace, as `bpf_get_netns_cookie` reports.
 pub fn netns_cookie() -> io::Result<u64> {
     let socket = query_socket()?;
-    let mut cookie: u64 = 0;
+    u64_option(socket.as_fd(), SO_NETNS_COOKIE)
+}
+
+/// A socket's cookie, as `bpf_get_socket_cookie` reports it.
+pub fn socket_cookie(socket: BorrowedFd<'_>) -> io::Result<u64> {
+    u64_option(socket, libc::SO_COOKIE)
+}
+
+/// A `SOL_SOCKET` option of `u64` size.
+fn u64_option(socket: BorrowedFd<'_>, option: libc::c_int) -> io::Result<u64> {
+    let mut value: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, which is that large.
+    // SAFETY: getsockopt writes at most `len` bytes into `value`, which is that large.
     check(unsafe {
         libc::getsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
+            option,
+            (&raw mut value).cast(),
             &mut len,
         )
     })?;
-    Ok(cookie)
+    Ok(value)
 }
 
 /// The index of `interface` in the calling thread's network namespace.

@@ -5,6 +5,13 @@
 //! ng-probe tcp ADDR PORT BYTES          connect, send BYTES
 //! ng-probe udp ADDR PORT COUNT SIZE     COUNT datagrams of SIZE payload bytes (all tried)
 //! ng-probe dns ADDR udp|tcp             one DNS query for example.test
+//! ng-probe dns-lookup NAME [SERVER]     an A query for NAME, as a stub resolver makes it: to
+//!                                       the first nameserver of /etc/resolv.conf (or SERVER)
+//!                                       port 53, over a connected UDP socket; the answer's
+//!                                       first address (or "rcode N") in "answer"; waits 5 s
+//! ng-probe dns-serve ADDR ANSWER        a DNS server on ADDR:53 (UDP and TCP) answering every
+//!                                       A query with ANSWER; prints "ready", then "query NAME"
+//!                                       per query (until killed)
 //! ng-probe ping ADDR                    one ICMP / ICMPv6 echo request (raw socket)
 //! ng-probe raw-frame IFACE DST_MAC SRC DST PORT [dgram|legacy] [bypass|bypass32|mux32] [ring]
 //!                                       hand-built IPv4/UDP frame via AF_PACKET: SOCK_RAW
@@ -25,6 +32,8 @@
 //! ```
 //!
 //! With `NG_PROBE_RETRY_MS=N` an operation refused with EPERM is repeated for up to N ms.
+
+mod dns;
 
 use std::{
     io::{self, BufRead as _, Write as _},
@@ -69,6 +78,9 @@ fn run(args: &[&str]) -> Outcome {
             framed.extend_from_slice(&query);
             tcp_payload(sock(addr, "53"), &framed)
         }
+        ["dns-lookup", name] => dns::lookup(name, None),
+        ["dns-lookup", name, server] => dns::lookup(name, Some(server.parse().unwrap())),
+        ["dns-serve", addr, answer] => dns::serve(addr.parse().unwrap(), answer.parse().unwrap()),
         ["ping", addr] => ping(addr.parse().unwrap()),
         ["raw-frame", iface, mac, src, dst, port, modes @ ..] => raw_frame(
             iface,
@@ -105,16 +117,23 @@ fn run(args: &[&str]) -> Outcome {
 struct Outcome {
     done: u64,
     error: Option<io::Error>,
+    /// What came back, when that is the point (a DNS answer).
+    answer: String,
 }
 
 impl Outcome {
     fn ok(done: u64) -> Self {
-        Self { done, error: None }
+        Self {
+            done,
+            error: None,
+            answer: String::new(),
+        }
     }
     fn failed(done: u64, error: io::Error) -> Self {
         Self {
             done,
             error: Some(error),
+            answer: String::new(),
         }
     }
 }
@@ -131,11 +150,12 @@ fn report(outcome: &Outcome, elapsed: Duration) {
         .map(|e| e.to_string())
         .unwrap_or_default();
     println!(
-        "{{\"ok\":{},\"errno\":{errno},\"done\":{},\"elapsed_us\":{},\"error\":{:?}}}",
+        "{{\"ok\":{},\"errno\":{errno},\"done\":{},\"elapsed_us\":{},\"error\":{:?},\"answer\":{:?}}}",
         outcome.error.is_none(),
         outcome.done,
         elapsed.as_micros(),
-        message
+        message,
+        outcome.answer
     );
 }
 

@@ -42,13 +42,15 @@ mod backstop;
 mod tracepoints;
 
 /// The cgroup programs, each attached to every attach cgroup.
-pub(super) const CGROUP_PROGRAMS: [&str; 7] = [
+pub(super) const CGROUP_PROGRAMS: [&str; 9] = [
     "ng_egress",
     "ng_ingress",
     "ng_connect4",
     "ng_connect6",
     "ng_sendmsg4",
     "ng_sendmsg6",
+    "ng_recvmsg4",
+    "ng_recvmsg6",
     "ng_setsockopt",
 ];
 /// The raw-socket guard, on the tracepoint every system call passes.

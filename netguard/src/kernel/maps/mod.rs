@@ -13,20 +13,21 @@ use aya::{
 };
 use ipnet::IpNet;
 use netguard_common::{
-    CarrierKey, CgroupOwner, CgroupPolicy, ContainerKey, Counters, DATAPATH_ABI, EndpointKey,
-    GatewayState, IfaceKey, KernelLayout, NetnsGuard, RESERVED_POLICY_KEYS, SCOPE_BITS, ScopedV4,
-    ScopedV6, StoppedTask, is_reserved_policy_key, maps, reserved_policy_key,
+    CarrierKey, CgroupOwner, CgroupPolicy, ContainerKey, Counters, DATAPATH_ABI, DnsSteer,
+    EndpointKey, GatewayState, IfaceKey, KernelLayout, NetnsGuard, RESERVED_POLICY_KEYS,
+    SCOPE_BITS, ScopedV4, ScopedV6, StoppedTask, is_reserved_policy_key, maps, reserved_policy_key,
 };
 
 use crate::domain::{CgroupId, ContainerId};
 
+mod dns;
 mod gateways;
 mod guards;
 mod owners;
 
 pub use self::{
     gateways::{gateway_name, set_tunnel},
-    owners::PinnedOwners,
+    owners::{AgentSocket, AgentSockets, PinnedOwners},
 };
 
 /// The text of a NUL-padded byte field.
@@ -51,6 +52,7 @@ pub struct Maps {
     meta: Array<MapData, u64>,
     containers: HashMap<MapData, ContainerKey, CgroupPolicy>,
     owners: HashMap<MapData, u64, CgroupOwner>,
+    dns: HashMap<MapData, u64, DnsSteer>,
 }
 
 impl Maps {
@@ -99,6 +101,7 @@ impl Maps {
             meta: Array::try_from(take(maps::META)?)?,
             containers: HashMap::try_from(take(maps::CONTAINERS)?)?,
             owners: HashMap::try_from(take(maps::OWNERS)?)?,
+            dns: HashMap::try_from(take(maps::DNS)?)?,
         })
     }
 

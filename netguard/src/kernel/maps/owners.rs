@@ -45,3 +45,43 @@ impl PinnedOwners {
         Some((super::nul_terminated(&owner.name), id))
     }
 }
+
+/// The agent's own sockets in guarded namespaces (`NG_AGENT_SOCKETS`), by socket cookie:
+/// the backstop lets them out whatever cgroup the agent runs in.
+#[derive(Clone)]
+pub struct AgentSockets(std::sync::Arc<std::sync::Mutex<HashMap<MapData, u64, u32>>>);
+
+impl AgentSockets {
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        let path = pin_dir.join(maps::AGENT_SOCKETS);
+        let data = MapData::from_pin(&path)
+            .with_context(|| format!("opening the pinned map {}", path.display()))?;
+        let map = HashMap::try_from(Map::from_map_data(data)?)?;
+        Ok(Self(std::sync::Arc::new(std::sync::Mutex::new(map))))
+    }
+
+    /// Registers the socket with `cookie` until the returned guard is dropped.
+    pub fn register(&self, cookie: u64) -> Result<AgentSocket> {
+        self.0
+            .lock()
+            .unwrap()
+            .insert(cookie, 0, 0)
+            .context("registering one of the agent's sockets")?;
+        Ok(AgentSocket {
+            sockets: self.clone(),
+            cookie,
+        })
+    }
+}
+
+/// One registered socket of the agent's; unregistered on drop.
+pub struct AgentSocket {
+    sockets: AgentSockets,
+    cookie: u64,
+}
+
+impl Drop for AgentSocket {
+    fn drop(&mut self) {
+        let _ = self.sockets.0.lock().unwrap().remove(&self.cookie);
+    }
+}
