@@ -75,6 +75,14 @@ pub fn decide(
     if is_dns(flow) {
         return Err(BlockReason::Dns);
     }
+    // Loopback is internal only on the loopback device: a socket bound to eth0
+    // (SO_BINDTODEVICE, IP_UNICAST_IF) sends 127.0.0.1 out through the default route.
+    if let Route::Device { ifindex, .. } = route
+        && ifindex != LOOPBACK_IFINDEX
+        && is_loopback(flow)
+    {
+        return Err(BlockReason::NotAllowed);
+    }
     if is_internal(SCOPE_GLOBAL, flow) || is_internal(scope, flow) {
         return Ok(TxPath::Internal);
     }
@@ -106,6 +114,19 @@ pub fn decide(
             Ok(TxPath::Tunnel)
         }
         Route::Device { .. } => Err(BlockReason::NotAllowed),
+    }
+}
+
+/// The loopback device's index: the first device of every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Whether `flow` goes to a loopback address (127.0.0.0/8, ::1).
+#[inline(always)]
+fn is_loopback(flow: &Flow) -> bool {
+    if flow.family == FAMILY_V4 {
+        flow.addr[0] == 127
+    } else {
+        flow.addr[..15] == [0; 15] && flow.addr[15] == 1
     }
 }
 

@@ -200,7 +200,8 @@ impl ContainerLabels {
                     Some(resolver) => parsed.dns = Some(resolver),
                     None => parsed.problems.push(format!(
                         "label {DNS}={value:?} is not an address or address:port (e.g. \
-                         10.64.0.1 or 10.64.0.1:53): ignored, the gateway's resolver is used"
+                         10.64.0.1 or 10.64.0.1:53), or is Docker's own resolver: ignored, the \
+                         gateway's resolver is used"
                     )),
                 },
                 HEALTH | HEALTH_COMBINE | HEALTH_UP_AFTER | HEALTH_DOWN_AFTER | GLUETUN
@@ -223,14 +224,22 @@ impl ContainerLabels {
 }
 
 /// A resolver's address: `ip`, `ip:port` or `[ipv6]:port`; the port defaults to 53.
+/// Docker's embedded resolver is never one: it forwards with dockerd's sockets, outside the
+/// tunnel.
 pub fn parse_resolver(value: &str) -> Option<SocketAddr> {
     let value = value.trim();
-    value.parse::<SocketAddr>().ok().or_else(|| {
-        value
-            .parse::<std::net::IpAddr>()
-            .ok()
-            .map(|ip| SocketAddr::new(ip, netguard_common::DNS_PORT))
-    })
+    value
+        .parse::<SocketAddr>()
+        .ok()
+        .or_else(|| {
+            value
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, netguard_common::DNS_PORT))
+        })
+        .filter(|resolver| {
+            resolver.ip() != std::net::IpAddr::from(netguard_common::DOCKER_RESOLVER_V4)
+        })
 }
 
 /// The health policy the labels ask for; every malformed value reads as down.

@@ -48,11 +48,25 @@ fn wait_resolver(lab: &DockerLab, pin: &PinDir, container: &str) {
     });
 }
 
-/// A lookup of `name` from inside `container`, through its /etc/resolv.conf (or `server`).
+/// A lookup of `name` from inside `container`, through its /etc/resolv.conf (or `server`),
+/// over a connected UDP socket as glibc makes it.
 fn lookup(lab: &DockerLab, container: &str, name: &str, server: Option<&str>) -> ProbeResult {
-    let mut args = vec!["dns-lookup", name];
-    args.extend(server);
-    lab.exec_probe(container, &args)
+    lookup_over(lab, container, name, server, "connected")
+}
+
+/// The same over `transport`: `unconnected` (`sendto`/`recvfrom`, the answer must come from
+/// the address asked, as musl checks) or `tcp`.
+fn lookup_over(
+    lab: &DockerLab,
+    container: &str,
+    name: &str,
+    server: Option<&str>,
+    transport: &str,
+) -> ProbeResult {
+    lab.exec_probe(
+        container,
+        &["dns-lookup", name, server.unwrap_or("-"), transport],
+    )
 }
 
 /// The container's `netguard_container_dns_queries_total` by outcome.
@@ -115,9 +129,33 @@ fn protected_dns_reaches_neither_the_lan_nor_the_upstream_of_dockers_resolver_ag
             );
             assert_eq!(direct.answer, REFUSED, "to {server}: {direct:?}");
         }
-        // DNS over TCP, straight to the LAN's resolver.
-        let tcp = lab.exec_probe(container, &["dns", &addr(LAN_V4), "tcp"]);
-        assert!(tcp.ok, "{tcp:?}");
+        // As musl asks (sendto, and the answer must come from 127.0.0.11:53 or the LAN
+        // resolver), and over TCP.
+        let musl = lookup_over(
+            &lab,
+            container,
+            &format!("{tag}-musl.test"),
+            None,
+            "unconnected",
+        );
+        assert_eq!(musl.answer, REFUSED, "{musl:?}");
+        let lan = addr(LAN_V4);
+        let musl = lookup_over(
+            &lab,
+            container,
+            &format!("{tag}-musl.test"),
+            Some(&lan),
+            "unconnected",
+        );
+        assert_eq!(musl.answer, REFUSED, "{musl:?}");
+        let tcp = lookup_over(
+            &lab,
+            container,
+            &format!("{tag}-tcp.test"),
+            Some(&lan),
+            "tcp",
+        );
+        assert_eq!(tcp.answer, REFUSED, "{tcp:?}");
     }
 
     // With the agent killed, the queries go nowhere (its resolvers are gone) and still
@@ -219,6 +257,8 @@ fn a_protected_container_resolves_its_peers_by_name_and_only_those_without_a_gat
         let found = lookup(&lab, &protected, name, None);
         assert_eq!(found.answer, peer_ip, "{name}: {found:?}");
     }
+    let musl = lookup_over(&lab, &protected, "web", None, "unconnected");
+    assert_eq!(musl.answer, peer_ip, "{musl:?}");
     let outside = lookup(&lab, &protected, "example.test", None);
     assert_eq!(outside.answer, REFUSED, "{outside:?}");
     assert!(outside.elapsed_us < 1_000_000, "{outside:?}");
@@ -230,7 +270,7 @@ fn a_protected_container_resolves_its_peers_by_name_and_only_those_without_a_gat
         line.contains(&protected[..12]) && line.contains("no_gateway"),
         "{line}"
     );
-    assert_eq!(dns_metric(api, &protected, "answered"), 3.0);
+    assert_eq!(dns_metric(api, &protected, "answered"), 4.0);
     assert_eq!(dns_metric(api, &protected, "refused"), 1.0);
     assert_eq!(dns_metric(api, &protected, "forwarded"), 0.0);
     assert_eq!(internet.count(|a| a.dst_port == 53), 0);
@@ -288,7 +328,11 @@ fn behind_a_gateway_external_names_resolve_through_the_tunnel_and_fail_fast_when
         let direct = lookup(&lab, container, "vpn-direct.test", Some(&addr(INTERNET_V4)));
         assert_eq!(direct.answer, VPN_ANSWER, "{direct:?}");
         assert_eq!(vpn_dns.line(), "query vpn-direct.test");
-        assert_eq!(dns_metric(api, container, "forwarded"), 2.0);
+        // Over TCP, forwarded over TCP through the tunnel.
+        let tcp = lookup_over(&lab, container, "vpn-tcp.test", None, "tcp");
+        assert_eq!(tcp.answer, VPN_ANSWER, "{tcp:?}");
+        assert_eq!(vpn_dns.line(), "query vpn-tcp.test");
+        assert_eq!(dns_metric(api, container, "forwarded"), 3.0);
     }
 
     // The tunnel goes down and eth0 becomes the way out: external names fail at once.
@@ -305,5 +349,9 @@ fn behind_a_gateway_external_names_resolve_through_the_tunnel_and_fail_fast_when
     }
     assert_eq!(internet.count(|a| a.dst_port == 53), 0);
     assert_eq!(internet.with_payload(b"tunnel-down"), 0);
-    assert!(internet.count(|a| a.src == TUNNEL_CLIENT_V4 && a.dst_port == 53) == 0);
+    assert_eq!(
+        internet.count(|a| a.src == TUNNEL_CLIENT_V4),
+        0,
+        "the lab's resolver is on the VPN side: nothing went to the internet host"
+    );
 }

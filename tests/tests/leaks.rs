@@ -549,3 +549,42 @@ fn the_api_asks_for_its_token_and_caps_live_streams() {
         .unwrap();
     assert!(status.status.success(), "{status:?}");
 }
+
+/// Loopback is internal only on the loopback device: a socket bound to eth0 sends
+/// 127.0.0.1 out through the default route (to the bridge, and with Docker's
+/// `route_localnet` to the host's own loopback services, netguard's resolver steering
+/// included).
+#[test]
+fn loopback_destinations_are_internal_only_through_the_loopback_device() {
+    let lab = DockerLab::new();
+    let pin = PinDir::new();
+    let _agent = lab.start_agent(&pin, "");
+    let protected = lab.start(&[PROTECTED], &[]);
+    let control = lab.start(&[], &[]);
+    let cgroup = lab.cgroup_id(&protected);
+    wait_for("the containers classified", || {
+        let policies = pinned_maps(&pin).policies().unwrap();
+        [cgroup, lab.cgroup_id(&control)].iter().all(|c| {
+            policies
+                .iter()
+                .any(|(id, p)| id == c && !p.is_unclassified())
+        })
+    });
+    let to_loopback = ["udp", "127.0.0.1", "9999", "1", "8"];
+    let through_eth0 = ["-e", "NG_PROBE_DEVICE=eth0"];
+    let on_lo = netguard_tests::docker::exec_probe_with(&protected, &[], &to_loopback);
+    assert!(on_lo.ok, "loopback through lo is internal: {on_lo:?}");
+    let out = netguard_tests::docker::exec_probe_with(&protected, &through_eth0, &to_loopback);
+    assert_eq!(out.errno, EPERM, "127.0.0.1 through eth0: {out:?}");
+    let counters = pinned_maps(&pin)
+        .counters(cgroup)
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(
+        counters.blocked_packets[BlockReason::NotAllowed as usize],
+        1
+    );
+    // The unprotected container is not netguard's to stop.
+    let open = netguard_tests::docker::exec_probe_with(&control, &through_eth0, &to_loopback);
+    assert!(open.ok, "{open:?}");
+}

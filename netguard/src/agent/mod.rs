@@ -30,6 +30,10 @@ pub async fn run(config: Config) -> Result<()> {
         root,
         attach_cgroups,
     } = start(&config)?;
+    // netguard's resolver holds sockets for every protected container and their queries.
+    if let Err(error) = crate::sys::raise_open_files_limit() {
+        warn!("raising the open files limit: {error} (the resolver may run short)");
+    }
     // After enforcement is in place: an agent that cannot serve HTTP exits (64), but what it
     // attached stays pinned and enforcing; exiting before attaching could let a container
     // that Docker starts meanwhile out unguarded.

@@ -69,5 +69,10 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DNS_FORWARD_TIMEOUT: Duration = Duration::from_secs(4);
 /// Queries one container may have in flight at netguard's resolver; more are dropped.
 pub const DNS_IN_FLIGHT: usize = 64;
-/// A TCP connection to netguard's resolver idle this long is closed.
+/// Queries one container may ask netguard's resolver per second (and at once); more are
+/// dropped.
+pub const DNS_QUERIES_PER_SECOND: f64 = 200.0;
+/// Queries forwarded at once, all containers together (each takes a socket and a thread).
+pub const DNS_FORWARDS_AT_ONCE: usize = 128;
+/// A TCP connection to netguard's resolver is closed this long after it was accepted.
 pub const DNS_TCP_IDLE: Duration = Duration::from_secs(10);

@@ -17,7 +17,7 @@ use tokio::{
 
 use super::wire;
 use crate::{
-    config::DNS_FORWARD_TIMEOUT,
+    config::{DNS_FORWARD_TIMEOUT, DNS_FORWARDS_AT_ONCE},
     kernel::{AgentSocket, AgentSockets},
     netns, sys,
 };
@@ -40,6 +40,13 @@ pub async fn forward(
     tcp: bool,
     sockets: Option<&AgentSockets>,
 ) -> io::Result<Vec<u8>> {
+    // Each forward costs a thread (to enter the namespace) and a socket: a bounded number
+    // at once, whatever the containers ask.
+    static AT_ONCE: std::sync::LazyLock<tokio::sync::Semaphore> =
+        std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(DNS_FORWARDS_AT_ONCE));
+    let _turn = AT_ONCE
+        .try_acquire()
+        .map_err(|_| io::Error::other("too many queries are being forwarded"))?;
     let netns = netns.to_path_buf();
     let made = tokio::task::spawn_blocking(move || {
         netns::run_in(&netns, move || make(resolver, through, tcp))
@@ -108,6 +115,9 @@ fn make(resolver: SocketAddr, through: Option<u32>, tcp: bool) -> io::Result<Mad
         if let Some(device) = &device {
             socket.bind_device(Some(device.as_bytes()))?;
         }
+        // Closed with a reset while still registered: no FIN retransmit or TIME_WAIT ACK
+        // leaves once the backstop no longer knows the socket.
+        socket.set_zero_linger()?;
         return Ok(Made::Tcp(socket));
     }
     let any: SocketAddr = if resolver.is_ipv4() {

@@ -1,13 +1,14 @@
 //! One container's resolver: UDP and TCP sockets on loopback in its network namespace (on
 //! `127.0.0.1`, and `::1` where the namespace has it), one port for both, and the tasks that
-//! answer on them. What a container sends here is untrusted: at most
-//! [`DNS_IN_FLIGHT`] queries at a time per container (more are dropped), TCP connections idle
-//! for [`DNS_TCP_IDLE`] are closed.
+//! answer on them. What a container sends here is untrusted: at most [`DNS_IN_FLIGHT`]
+//! queries at a time and [`DNS_QUERIES_PER_SECOND`] a second per container (more are
+//! dropped), a TCP connection is closed after [`DNS_TCP_IDLE`].
 
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
 };
 
 use netguard_common::DnsSteer;
@@ -21,7 +22,7 @@ use tracing::debug;
 
 use super::{Shared, Upstream, forward::forward, wire};
 use crate::{
-    config::{DNS_IN_FLIGHT, DNS_TCP_IDLE},
+    config::{DNS_IN_FLIGHT, DNS_QUERIES_PER_SECOND, DNS_TCP_IDLE},
     domain::CgroupId,
     kernel::AgentSockets,
     netns,
@@ -34,6 +35,8 @@ struct Context {
     shared: Arc<RwLock<Shared>>,
     report: Arc<Report>,
     in_flight: Arc<Semaphore>,
+    /// Queries it may still ask this second: a token bucket (tokens, last refill).
+    budget: Mutex<(f64, Instant)>,
     sockets: Option<AgentSockets>,
 }
 
@@ -57,6 +60,7 @@ pub(super) fn start(
         shared: shared.clone(),
         report: report.clone(),
         in_flight: Arc::new(Semaphore::new(DNS_IN_FLIGHT)),
+        budget: Mutex::new((DNS_QUERIES_PER_SECOND, Instant::now())),
         sockets: sockets.cloned(),
     });
     let mut steer = DnsSteer {
@@ -103,6 +107,9 @@ async fn serve_udp(socket: Arc<UdpSocket>, context: Arc<Context>) {
                 continue;
             }
         };
+        if !context.may_ask() {
+            continue;
+        }
         let Ok(permit) = context.in_flight.clone().try_acquire_owned() else {
             continue;
         };
@@ -118,8 +125,14 @@ async fn serve_udp(socket: Arc<UdpSocket>, context: Arc<Context>) {
 
 async fn serve_tcp(listener: TcpListener, context: Arc<Context>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of descriptors, say: wait rather than spin.
+            Err(error) => {
+                debug!(cgroup = context.cgroup, "resolver: accepting: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let Ok(permit) = context.in_flight.clone().try_acquire_owned() else {
             continue;
@@ -138,6 +151,9 @@ async fn serve_connection(mut stream: TcpStream, context: &Context) -> io::Resul
         let len = stream.read_u16().await?;
         let mut message = vec![0u8; usize::from(len)];
         stream.read_exact(&mut message).await?;
+        if !context.may_ask() {
+            return Ok(());
+        }
         let Some(reply) = context.respond(&message, true).await else {
             return Ok(());
         };
@@ -148,6 +164,19 @@ async fn serve_connection(mut stream: TcpStream, context: &Context) -> io::Resul
 }
 
 impl Context {
+    /// Takes one query from the container's budget; `false` when it is spent.
+    fn may_ask(&self) -> bool {
+        let mut budget = self.budget.lock().unwrap();
+        let now = Instant::now();
+        let refill = now.duration_since(budget.1).as_secs_f64() * DNS_QUERIES_PER_SECOND;
+        *budget = ((budget.0 + refill).min(DNS_QUERIES_PER_SECOND), now);
+        if budget.0 < 1.0 {
+            return false;
+        }
+        budget.0 -= 1.0;
+        true
+    }
+
     /// The reply to `message`: a Docker name's addresses, the upstream answer, or a refusal.
     async fn respond(&self, message: &[u8], tcp: bool) -> Option<Vec<u8>> {
         let Some(query) = wire::Query::parse(message) else {

@@ -11,7 +11,11 @@ use crate::{
 
 fn container(n: u8, name: &str, labels: &[(&str, &str)]) -> Container {
     let id: ContainerId = format!("{n:02x}").repeat(32).parse().unwrap();
-    let mut c = Container::new(id, name.into(), ContainerLabels::parse(labels.iter().copied()));
+    let mut c = Container::new(
+        id,
+        name.into(),
+        ContainerLabels::parse(labels.iter().copied()),
+    );
     c.running = Some(Instance {
         pid: u32::from(n),
         cgroup: u64::from(n),
@@ -45,10 +49,15 @@ fn upstream_of(labels: &[(&str, &str)], gateway: &[(&str, &str)], up: bool) -> U
             carriers: Default::default(),
         },
     )]);
-    let containers: BTreeMap<ContainerId, Container> =
-        [gw, protected].into_iter().map(|c| (c.id.clone(), c)).collect();
+    let containers: BTreeMap<ContainerId, Container> = [gw, protected]
+        .into_iter()
+        .map(|c| (c.id.clone(), c))
+        .collect();
     let statics = StaticPolicy {
-        internal: vec!["127.0.0.0/8".parse().unwrap(), "192.168.1.0/24".parse().unwrap()],
+        internal: vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "192.168.1.0/24".parse().unwrap(),
+        ],
         ..StaticPolicy::default()
     };
     let desired = decide(&Snapshot {
@@ -120,5 +129,8 @@ fn without_a_gateway_only_local_names_resolve() {
         containers: &containers,
         tunnels: &BTreeMap::new(),
     });
-    assert_eq!(plan(&containers, &desired)[&2].upstream, Upstream::LocalOnly);
+    assert_eq!(
+        plan(&containers, &desired)[&2].upstream,
+        Upstream::LocalOnly
+    );
 }

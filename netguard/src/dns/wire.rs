@@ -67,7 +67,7 @@ impl Query {
                 return None;
             }
             let label = message.get(at..at + len)?;
-            labels.push(String::from_utf8_lossy(label).to_ascii_lowercase());
+            labels.push(presentation(label));
             at += len;
         }
         let name = labels.join(".");
@@ -144,6 +144,20 @@ impl Query {
     }
 }
 
+/// A label in presentation form, lowercase: what is not a printable character (and the dot
+/// and backslash) as `\DDD`, so that a name never carries control characters into a log
+/// or a terminal (`netguard observe`).
+fn presentation(label: &[u8]) -> String {
+    let mut text = String::with_capacity(label.len());
+    for &byte in label {
+        match byte {
+            b'.' | b'\\' | ..=0x20 | 0x7f.. => text.push_str(&format!("\\{byte:03}")),
+            _ => text.push(char::from(byte.to_ascii_lowercase())),
+        }
+    }
+    text
+}
+
 /// The response to a message that is not a query netguard can read, if it has an id to
 /// answer at all: FORMERR, no question.
 pub fn format_error(message: &[u8]) -> Option<Vec<u8>> {
@@ -217,6 +231,14 @@ mod tests {
         assert_eq!(refused[3] & 0x0f, 5);
         assert_eq!(Query::parse(&refused), None, "a response is not a query");
         assert_eq!(&refused[12..], &query("example.test", TYPE_A)[12..30]);
+    }
+
+    #[test]
+    fn names_are_read_in_presentation_form_without_control_characters() {
+        let mut q = query("xx", TYPE_A);
+        q[13] = 0x1b;
+        q[14] = b'.';
+        assert_eq!(Query::parse(&q).unwrap().name, "\\027\\046");
     }
 
     #[test]

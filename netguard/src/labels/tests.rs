@@ -116,9 +116,23 @@ fn gateway_labels() {
 #[test]
 fn a_resolver_label_takes_an_address_with_or_without_a_port() {
     let parsed = |value: &str| ContainerLabels::parse([(DNS, value)]);
-    assert_eq!(parsed("10.64.0.1").dns, Some("10.64.0.1:53".parse().unwrap()));
-    assert_eq!(parsed("10.64.0.1:5353").dns, Some("10.64.0.1:5353".parse().unwrap()));
-    assert_eq!(parsed("[fd00::1]:53").dns, Some("[fd00::1]:53".parse().unwrap()));
+    assert_eq!(
+        parsed("10.64.0.1").dns,
+        Some("10.64.0.1:53".parse().unwrap())
+    );
+    assert_eq!(
+        parsed("10.64.0.1:5353").dns,
+        Some("10.64.0.1:5353".parse().unwrap())
+    );
+    assert_eq!(
+        parsed("[fd00::1]:53").dns,
+        Some("[fd00::1]:53".parse().unwrap())
+    );
+    assert_eq!(
+        parsed("127.0.0.11").dns,
+        None,
+        "Docker's resolver forwards outside the tunnel"
+    );
     let bad = parsed("pihole.lan");
     assert_eq!(bad.dns, None);
     assert!(bad.problems[0].contains("pihole.lan"), "{:?}", bad.problems);

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use netguard_common::EVENTS_PER_SECOND;
+
 use super::Report;
 use crate::{api::BlockedFlowRecord, cgroup::CgroupId, domain::ContainerId};
 
@@ -35,19 +37,27 @@ impl DnsOutcome {
     }
 }
 
+/// One container's queries.
+#[derive(Debug, Default)]
+pub(super) struct DnsCounts {
+    by_outcome: [u64; DnsOutcome::ALL.len()],
+    /// Refused queries kept as records in the current second (monotonic seconds): at most
+    /// [`EVENTS_PER_SECOND`], as for the kernel's blocked flows, so that one container
+    /// cannot push every other out of the recent flows.
+    second: u64,
+    recorded: u64,
+}
+
 impl Report {
     /// Counts a query of `container`'s.
     pub fn dns_query(&self, container: &ContainerId, outcome: DnsOutcome) {
-        self.dns
-            .lock()
-            .unwrap()
-            .entry(container.clone())
-            .or_default()[outcome as usize] += 1;
+        let mut counts = self.dns.lock().unwrap();
+        counts.entry(container.clone()).or_default().by_outcome[outcome as usize] += 1;
     }
 
     /// Counts a refused query of `cgroup` (`container`'s) for `name` (of type `kind`) and
-    /// keeps it with the blocked flows; `why` is the reason shown (`tunnel_down`,
-    /// `no_gateway`).
+    /// keeps it with the blocked flows (up to [`EVENTS_PER_SECOND`] a second); `why` is the
+    /// reason shown (`tunnel_down`, `no_gateway`).
     pub fn dns_refused(
         &self,
         container: &ContainerId,
@@ -55,10 +65,22 @@ impl Report {
         name: &str,
         kind: &str,
         why: &str,
-    ) -> BlockedFlowRecord {
-        self.dns_query(container, DnsOutcome::Refused);
+    ) -> Option<BlockedFlowRecord> {
+        let second = crate::sys::monotonic_ns() / 1_000_000_000;
+        {
+            let mut counts = self.dns.lock().unwrap();
+            let counts = counts.entry(container.clone()).or_default();
+            counts.by_outcome[DnsOutcome::Refused as usize] += 1;
+            if counts.second != second {
+                (counts.second, counts.recorded) = (second, 0);
+            }
+            if counts.recorded >= EVENTS_PER_SECOND {
+                return None;
+            }
+            counts.recorded += 1;
+        }
         let (name_of_container, _) = self.attribute(cgroup);
-        self.keep(BlockedFlowRecord {
+        Some(self.keep(BlockedFlowRecord {
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             container: name_of_container,
             container_id: container.as_str().to_string(),
@@ -69,12 +91,17 @@ impl Report {
             bytes: 0,
             before_start: false,
             query: Some(name.to_string()),
-        })
+        }))
     }
 
-    /// A container's counts, by outcome (every outcome, zeros included, once it asked).
+    /// A container's counts, by outcome (every outcome, zeros included).
     pub(super) fn dns_queries(&self, container: &ContainerId) -> BTreeMap<String, u64> {
-        let counts = self.dns.lock().unwrap().get(container).copied();
+        let counts = self
+            .dns
+            .lock()
+            .unwrap()
+            .get(container)
+            .map(|c| c.by_outcome);
         DnsOutcome::ALL
             .iter()
             .map(|o| (o.as_str().to_string(), counts.map_or(0, |c| c[*o as usize])))

@@ -125,8 +125,8 @@ pub struct Report {
     started_boot_ns: u64,
     /// The pinned owners of container cgroups, to name flows whose cgroup is gone.
     owners: std::sync::OnceLock<Mutex<PinnedOwners>>,
-    /// DNS queries netguard's resolver took, per container, by [`DnsOutcome`].
-    dns: Mutex<HashMap<ContainerId, [u64; DnsOutcome::ALL.len()]>>,
+    /// DNS queries netguard's resolver took, per container.
+    dns: Mutex<HashMap<ContainerId, dns::DnsCounts>>,
 }
 
 impl Report {

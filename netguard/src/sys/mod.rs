@@ -60,6 +60,20 @@ pub fn netns_cookie() -> io::Result<u64> {
     u64_option(socket.as_fd(), SO_NETNS_COOKIE)
 }
 
+/// Raises the soft limit on open files to the hard one.
+pub fn raise_open_files_limit() -> io::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a local.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: as above.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) })?;
+    Ok(())
+}
+
 /// A socket's cookie, as `bpf_get_socket_cookie` reports it.
 pub fn socket_cookie(socket: BorrowedFd<'_>) -> io::Result<u64> {
     u64_option(socket, libc::SO_COOKIE)

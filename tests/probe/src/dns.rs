@@ -28,8 +28,30 @@ fn nameserver() -> io::Result<IpAddr> {
         .ok_or_else(|| io::Error::other("no nameserver in /etc/resolv.conf"))
 }
 
-pub fn lookup(name: &str, server: Option<IpAddr>) -> Outcome {
-    match try_lookup(name, server) {
+/// How a lookup travels.
+#[derive(Clone, Copy)]
+pub enum Transport {
+    /// A connected UDP socket (glibc).
+    Connected,
+    /// `sendto`/`recvfrom`, the answer checked to come from the server asked (musl).
+    Unconnected,
+    Tcp,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "connected" => Ok(Self::Connected),
+            "unconnected" => Ok(Self::Unconnected),
+            "tcp" => Ok(Self::Tcp),
+            other => Err(format!("unknown transport {other}")),
+        }
+    }
+}
+
+pub fn lookup(name: &str, server: Option<IpAddr>, transport: Transport) -> Outcome {
+    match try_lookup(name, server, transport) {
         Ok(answer) => Outcome {
             done: u64::from(!answer.starts_with("rcode")),
             error: None,
@@ -39,23 +61,56 @@ pub fn lookup(name: &str, server: Option<IpAddr>) -> Outcome {
     }
 }
 
-fn try_lookup(name: &str, server: Option<IpAddr>) -> io::Result<String> {
+fn try_lookup(name: &str, server: Option<IpAddr>, transport: Transport) -> io::Result<String> {
     let server = match server {
         Some(server) => server,
         None => nameserver()?,
     };
+    let to = SocketAddr::new(server, 53);
     let any: SocketAddr = match server {
         IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let socket = UdpSocket::bind(any)?;
-    // As glibc does: a connected socket, so an ICMP error or a refusal is heard at once.
-    socket.connect((server, 53))?;
-    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
-    socket.send(&query(name, 0x4e47))?;
+    let query = query(name, 0x4e47);
     let mut buf = [0u8; 1500];
-    let n = socket.recv(&mut buf)?;
-    let answer = &buf[..n];
+    let answer = match transport {
+        Transport::Connected => {
+            let socket = UdpSocket::bind(any)?;
+            // A connected socket, so an ICMP error or a refusal is heard at once.
+            socket.connect(to)?;
+            socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+            socket.send(&query)?;
+            let n = socket.recv(&mut buf)?;
+            &buf[..n]
+        }
+        Transport::Unconnected => {
+            let socket = UdpSocket::bind(any)?;
+            socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+            socket.send_to(&query, to)?;
+            let (n, from) = socket.recv_from(&mut buf)?;
+            if from != to {
+                return Err(io::Error::other(format!("an answer from {from}, not {to}")));
+            }
+            &buf[..n]
+        }
+        Transport::Tcp => {
+            let mut stream = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&query);
+            stream.write_all(&framed)?;
+            let mut len = [0u8; 2];
+            stream.read_exact(&mut len)?;
+            let n = usize::from(u16::from_be_bytes(len)).min(buf.len());
+            stream.read_exact(&mut buf[..n])?;
+            &buf[..n]
+        }
+    };
+    read_answer(answer)
+}
+
+/// The first A record of an answer to the probe's query, or its response code.
+fn read_answer(answer: &[u8]) -> io::Result<String> {
     if answer.len() < 12 || answer[..2] != [0x4e, 0x47] {
         return Err(io::Error::other("an answer to another query"));
     }

@@ -5,10 +5,13 @@
 //! ng-probe tcp ADDR PORT BYTES          connect, send BYTES
 //! ng-probe udp ADDR PORT COUNT SIZE     COUNT datagrams of SIZE payload bytes (all tried)
 //! ng-probe dns ADDR udp|tcp             one DNS query for example.test
-//! ng-probe dns-lookup NAME [SERVER]     an A query for NAME, as a stub resolver makes it: to
+//! ng-probe dns-lookup NAME [SERVER|- [connected|unconnected|tcp]]
+//!                                       an A query for NAME, as a stub resolver makes it: to
 //!                                       the first nameserver of /etc/resolv.conf (or SERVER)
-//!                                       port 53, over a connected UDP socket; the answer's
-//!                                       first address (or "rcode N") in "answer"; waits 5 s
+//!                                       port 53, over a connected UDP socket (glibc), an
+//!                                       unconnected one whose answer must come from the
+//!                                       address asked (musl), or TCP; the answer's first
+//!                                       address (or "rcode N") in "answer"; waits 5 s
 //! ng-probe dns-serve ADDR ANSWER        a DNS server on ADDR:53 (UDP and TCP) answering every
 //!                                       A query with ANSWER; prints "ready", then "query NAME"
 //!                                       per query (until killed)
@@ -31,7 +34,8 @@
 //!                                       refused print "sent|refused <unix ns>" (until stdin closes)
 //! ```
 //!
-//! With `NG_PROBE_RETRY_MS=N` an operation refused with EPERM is repeated for up to N ms.
+//! With `NG_PROBE_RETRY_MS=N` an operation refused with EPERM is repeated for up to N ms;
+//! with `NG_PROBE_DEVICE=IFACE` UDP sockets are bound to that interface.
 
 mod dns;
 
@@ -78,8 +82,21 @@ fn run(args: &[&str]) -> Outcome {
             framed.extend_from_slice(&query);
             tcp_payload(sock(addr, "53"), &framed)
         }
-        ["dns-lookup", name] => dns::lookup(name, None),
-        ["dns-lookup", name, server] => dns::lookup(name, Some(server.parse().unwrap())),
+        ["dns-lookup", name] => dns::lookup(name, None, dns::Transport::Connected),
+        ["dns-lookup", name, server] => dns::lookup(
+            name,
+            Some(server)
+                .filter(|s| **s != "-")
+                .map(|s| s.parse().unwrap()),
+            dns::Transport::Connected,
+        ),
+        ["dns-lookup", name, server, transport] => dns::lookup(
+            name,
+            Some(server)
+                .filter(|s| **s != "-")
+                .map(|s| s.parse().unwrap()),
+            transport.parse().unwrap(),
+        ),
         ["dns-serve", addr, answer] => dns::serve(addr.parse().unwrap(), answer.parse().unwrap()),
         ["ping", addr] => ping(addr.parse().unwrap()),
         ["raw-frame", iface, mac, src, dst, port, modes @ ..] => raw_frame(
@@ -193,7 +210,25 @@ fn udp_socket(to: &SocketAddr) -> io::Result<UdpSocket> {
     } else {
         "[::]:0".parse().unwrap()
     };
-    UdpSocket::bind(bind)
+    let socket = UdpSocket::bind(bind)?;
+    // NG_PROBE_DEVICE=IFACE: the socket sends through that interface only (SO_BINDTODEVICE).
+    if let Ok(device) = std::env::var("NG_PROBE_DEVICE") {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: setsockopt with the interface name's bytes and their length.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                device.as_ptr().cast(),
+                device.len() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(socket)
 }
 
 fn udp(to: SocketAddr, count: u64, size: usize) -> Outcome {
