@@ -95,9 +95,13 @@ pub mod maps {
     /// `u64` socket cookie -> `u32` (unused). The backstop lets them out even when the agent
     /// runs in the root cgroup, where a socket otherwise looks like the kernel's own.
     pub const AGENT_SOCKETS: &str = "NG_AGENT_SOCKETS";
+    /// Whose each resolver port is: [`crate::DnsPortKey`] -> `u64` cgroup id. A protected
+    /// container may not reach another container's resolver in a namespace they share (it
+    /// would get that one's upstream, and be counted as it).
+    pub const DNS_PORTS: &str = "NG_DNS_PORTS";
 
     /// Every map, in the order the agent pins them.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 22] = [
         POLICY,
         INTERNAL_V4,
         INTERNAL_V6,
@@ -119,6 +123,7 @@ pub mod maps {
         DNS,
         DNS_PEERS,
         AGENT_SOCKETS,
+        DNS_PORTS,
     ];
 }
 
@@ -339,6 +344,18 @@ pub struct DnsSteer {
     /// Port on `::1` (host order); 0: none (the namespace has no IPv6 loopback).
     pub port_v6: u16,
     pub _pad: [u8; 4],
+}
+
+/// A resolver's port on loopback in a network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DnsPortKey {
+    pub netns_cookie: u64,
+    /// Host order.
+    pub port: u16,
+    /// [`FAMILY_V4`] (`127.0.0.1`) or [`FAMILY_V6`] (`::1`).
+    pub family: u8,
+    pub _pad: [u8; 5],
 }
 
 /// What a steered socket asked for, to give its answers that source back.
@@ -647,6 +664,7 @@ mod pod {
     unsafe impl aya::Pod for KernelLayout {}
     unsafe impl aya::Pod for DnsSteer {}
     unsafe impl aya::Pod for DnsPeer {}
+    unsafe impl aya::Pod for DnsPortKey {}
     unsafe impl aya::Pod for NetnsGuard {}
     unsafe impl aya::Pod for CarrierKey {}
     unsafe impl aya::Pod for IfaceKey {}
@@ -665,6 +683,7 @@ const _: () = {
     assert!(core::mem::size_of::<BlockedFlow>() == 48);
     assert!(core::mem::size_of::<DnsSteer>() == 16);
     assert!(core::mem::size_of::<DnsPeer>() == 24);
+    assert!(core::mem::size_of::<DnsPortKey>() == 16);
     assert!(core::mem::size_of::<CgroupOwner>() == CONTAINER_ID_LEN + OWNER_NAME_LEN);
     assert!(core::mem::size_of::<EventBudget>() == 16);
     assert!(core::mem::size_of::<KernelLayout>() == 4 * 14 + 8);

@@ -10,9 +10,12 @@ use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
 };
-use netguard_common::{DnsPeer, FAMILY_V4, RESOLVER_V4, parse::Flow};
+use netguard_common::{DnsPeer, DnsPortKey, FAMILY_V4, RESOLVER_V4, parse::Flow};
 
-use crate::maps::{DNS, DNS_PEERS};
+use crate::{
+    maps::{DNS, DNS_PEERS, DNS_PORTS},
+    policy::is_loopback,
+};
 
 /// `::ffff:0:0/96`, the IPv4-mapped prefix, as the third word of an IPv6 address.
 const MAPPED_WORD: u32 = 0x0000_ffff_u32.to_be();
@@ -125,4 +128,23 @@ pub fn unsteer(sa: *mut bpf_sock_addr, socket_v6: bool) {
         }
         (*sa).user_port = u32::from(peer.port.to_be());
     }
+}
+
+/// Whether `flow` from protected `cgroup` goes to another container's resolver in the
+/// calling socket's namespace (a neighbour in a shared namespace can read its port in
+/// `/proc/net/udp`): that one's upstream is not this one's.
+#[inline(always)]
+pub fn someone_elses_resolver(sa: *mut bpf_sock_addr, cgroup: u64, flow: &Flow) -> bool {
+    if !is_loopback(flow) {
+        return false;
+    }
+    let key = DnsPortKey {
+        // SAFETY: helper on the program's own context.
+        netns_cookie: unsafe { bpf_get_netns_cookie(sa.cast()) },
+        port: flow.port,
+        family: flow.family,
+        _pad: [0; 5],
+    };
+    // SAFETY: the value is copied out at once.
+    matches!(unsafe { DNS_PORTS.get(key) }, Some(owner) if *owner != cgroup)
 }

@@ -184,13 +184,19 @@ fn check_sock_addr(ctx: &SockAddrContext, family: u8, hook: Hook) -> i32 {
         return SOCK_ALLOW;
     };
     let flow = sock_addr_flow(ctx.sock_addr, family);
-    let verdict = decide(cgroup, &policy, &flow, Route::NotYetRouted);
-    // DNS is steered to netguard's resolver, not refused, when the container has one.
-    if verdict == Err(BlockReason::Dns)
-        && dns::steer(ctx.sock_addr, cgroup, &flow, family == FAMILY_V6)
-    {
-        return SOCK_ALLOW;
-    }
+    let verdict = match decide(cgroup, &policy, &flow, Route::NotYetRouted) {
+        // DNS is steered to netguard's resolver, not refused, when the container has one.
+        Err(BlockReason::Dns) if dns::steer(ctx.sock_addr, cgroup, &flow, family == FAMILY_V6) => {
+            return SOCK_ALLOW;
+        }
+        Ok(_)
+            if policy.is_protected()
+                && dns::someone_elses_resolver(ctx.sock_addr, cgroup, &flow) =>
+        {
+            Err(BlockReason::NotAllowed)
+        }
+        verdict => verdict,
+    };
     if settle(cgroup, verdict, Some(&flow), hook, 0) {
         SOCK_ALLOW
     } else {

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use netguard_common::{
-    CarrierKey, CgroupOwner, CgroupPolicy, ContainerKey, Counters, DnsPeer, DnsSteer, EndpointKey,
-    EventBudget, GatewayState, IfaceKey, KernelLayout, MAX_GATEWAYS, NAME_SCRATCH_LEN, NetnsGuard,
-    ScopedV4, ScopedV6, StoppedTask,
+    CarrierKey, CgroupOwner, CgroupPolicy, ContainerKey, Counters, DnsPeer, DnsPortKey, DnsSteer,
+    EndpointKey, EventBudget, GatewayState, IfaceKey, KernelLayout, MAX_GATEWAYS, NAME_SCRATCH_LEN,
+    NetnsGuard, ScopedV4, ScopedV6, StoppedTask,
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -60,3 +60,5 @@ pub static DNS: HashMap<u64, DnsSteer> = HashMap::with_max_entries(MAX_POLICIES,
 pub static DNS_PEERS: LruHashMap<u64, DnsPeer> = LruHashMap::with_max_entries(MAX_POLICIES, 0);
 #[map(name = "NG_AGENT_SOCKETS")]
 pub static AGENT_SOCKETS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+#[map(name = "NG_DNS_PORTS")]
+pub static DNS_PORTS: HashMap<DnsPortKey, u64> = HashMap::with_max_entries(MAX_POLICIES, 0);

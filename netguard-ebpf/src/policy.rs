@@ -122,7 +122,7 @@ const LOOPBACK_IFINDEX: u32 = 1;
 
 /// Whether `flow` goes to a loopback address (127.0.0.0/8, ::1).
 #[inline(always)]
-fn is_loopback(flow: &Flow) -> bool {
+pub fn is_loopback(flow: &Flow) -> bool {
     if flow.family == FAMILY_V4 {
         flow.addr[0] == 127
     } else {

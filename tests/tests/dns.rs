@@ -273,6 +273,32 @@ fn a_protected_container_resolves_its_peers_by_name_and_only_those_without_a_gat
     assert_eq!(dns_metric(api, &protected, "answered"), 4.0);
     assert_eq!(dns_metric(api, &protected, "refused"), 1.0);
     assert_eq!(dns_metric(api, &protected, "forwarded"), 0.0);
+
+    // A protected neighbour in the same namespace resolves the same names through its own
+    // resolver, and may not use the first one's (its port is in /proc/net/udp).
+    let neighbour = lab.start(
+        &[PROTECTED],
+        &["--network", &format!("container:{protected}")],
+    );
+    wait_resolver(&lab, &pin, &neighbour);
+    let found = lookup(&lab, &neighbour, "web", None);
+    assert_eq!(found.answer, peer_ip, "{found:?}");
+    let port_of = |container: &str| {
+        let cgroup = lab.cgroup_id(container);
+        let resolvers = pinned_maps(&pin).dns_resolvers().unwrap();
+        let (_, steer) = resolvers.iter().find(|(c, _)| *c == cgroup).unwrap();
+        steer.port_v4.to_string()
+    };
+    let (theirs, own) = (port_of(&protected), port_of(&neighbour));
+    let refused = lab.exec_probe(&neighbour, &["udp", "127.0.0.1", &theirs, "1", "8"]);
+    assert_eq!(refused.errno, libc::EPERM, "{refused:?}");
+    let allowed = lab.exec_probe(&neighbour, &["udp", "127.0.0.1", &own, "1", "8"]);
+    assert!(allowed.ok, "{allowed:?}");
+    assert_eq!(
+        dns_metric(api, &protected, "answered"),
+        4.0,
+        "nothing counted as the first's"
+    );
     assert_eq!(internet.count(|a| a.dst_port == 53), 0);
 }
 

@@ -32,7 +32,7 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use netguard_common::DnsSteer;
+use netguard_common::{DnsPortKey, DnsSteer, FAMILY_V4, FAMILY_V6};
 use tracing::{info, warn};
 
 use self::names::Directory;
@@ -291,8 +291,44 @@ impl Resolvers {
         self.write(maps);
     }
 
-    /// The kernel's steering entries: exactly the running resolvers.
+    /// The kernel's steering entries, and whose each port is: exactly the running resolvers.
     fn write(&self, maps: &mut Maps) {
+        let ports: BTreeMap<DnsPortKey, CgroupId> = self
+            .running
+            .iter()
+            .flat_map(|(cgroup, running)| {
+                let steer = running.steer;
+                [(FAMILY_V4, steer.port_v4), (FAMILY_V6, steer.port_v6)]
+                    .into_iter()
+                    .filter(|(_, port)| *port != 0)
+                    .map(move |(family, port)| {
+                        let key = DnsPortKey {
+                            netns_cookie: steer.netns_cookie,
+                            port,
+                            family,
+                            _pad: [0; 5],
+                        };
+                        (key, *cgroup)
+                    })
+            })
+            .collect();
+        match maps.dns_ports() {
+            Ok(entries) => {
+                for (key, owner) in entries {
+                    if ports.get(&key) != Some(&owner)
+                        && let Err(error) = maps.remove_dns_port(key)
+                    {
+                        warn!(owner, "removing a resolver's port entry: {error:#}");
+                    }
+                }
+            }
+            Err(error) => warn!("reading the resolvers' port entries: {error:#}"),
+        }
+        for (key, cgroup) in ports {
+            if let Err(error) = maps.set_dns_port(key, cgroup) {
+                warn!(cgroup, "writing a resolver's port entry: {error:#}");
+            }
+        }
         match maps.dns_resolvers() {
             Ok(entries) => {
                 for (cgroup, _) in entries {

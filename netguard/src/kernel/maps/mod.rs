@@ -13,8 +13,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use netguard_common::{
-    CarrierKey, CgroupOwner, CgroupPolicy, ContainerKey, Counters, DATAPATH_ABI, DnsSteer,
-    EndpointKey, GatewayState, IfaceKey, KernelLayout, NetnsGuard, RESERVED_POLICY_KEYS,
+    CarrierKey, CgroupOwner, CgroupPolicy, ContainerKey, Counters, DATAPATH_ABI, DnsPortKey,
+    DnsSteer, EndpointKey, GatewayState, IfaceKey, KernelLayout, NetnsGuard, RESERVED_POLICY_KEYS,
     SCOPE_BITS, ScopedV4, ScopedV6, StoppedTask, is_reserved_policy_key, maps, reserved_policy_key,
 };
 
@@ -53,6 +53,7 @@ pub struct Maps {
     containers: HashMap<MapData, ContainerKey, CgroupPolicy>,
     owners: HashMap<MapData, u64, CgroupOwner>,
     dns: HashMap<MapData, u64, DnsSteer>,
+    dns_ports: HashMap<MapData, DnsPortKey, u64>,
 }
 
 impl Maps {
@@ -102,6 +103,7 @@ impl Maps {
             containers: HashMap::try_from(take(maps::CONTAINERS)?)?,
             owners: HashMap::try_from(take(maps::OWNERS)?)?,
             dns: HashMap::try_from(take(maps::DNS)?)?,
+            dns_ports: HashMap::try_from(take(maps::DNS_PORTS)?)?,
         })
     }
 
