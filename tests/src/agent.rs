@@ -241,3 +241,12 @@ impl Drop for Agent {
 pub fn pinned_maps(pin: &PinDir) -> Maps {
     Maps::open_pinned(&pin.path).expect("opening the agent's pinned maps")
 }
+
+/// Whether a gateway slot with a tunnel interface says its tunnel is `up` (1) or down (0).
+pub fn some_tunnel_is(pin: &PinDir, up: u32) -> bool {
+    pinned_maps(pin)
+        .gateways()
+        .unwrap()
+        .iter()
+        .any(|(_, _, state)| state.tunnel_up == up && state.tunnel_ifindex != 0)
+}

@@ -327,13 +327,7 @@ fn behind_a_gateway_external_names_resolve_through_the_tunnel_and_fail_fast_when
     let netns = netguard::netns::of_process(lab.pid(&gateway));
     let _tunnel = Tunnel::from_netns(&netns, Some(&lab.cgroup_dir(&gateway)), &wg, &lab.lab);
     let mut vpn_dns = resolver(&lab.lab.vpn, TUNNEL_PROVIDER_V4, VPN_ANSWER);
-    let tunnel_up = |up: u32| {
-        pinned_maps(&pin)
-            .gateways()
-            .unwrap()
-            .iter()
-            .any(|(_, _, state)| state.tunnel_up == up && state.tunnel_ifindex != 0)
-    };
+    let tunnel_up = |up: u32| netguard_tests::agent::some_tunnel_is(&pin, up);
     wait_for("the agent to see the gateway's tunnel up", || tunnel_up(1));
 
     let shared = lab.start(

@@ -204,13 +204,7 @@ fn containers_sharing_a_gateway_netns_use_its_tunnel_and_nothing_else() {
     let netns = netguard::netns::of_process(lab.pid(&gateway));
     let _tunnel = Tunnel::from_netns(&netns, Some(&lab.cgroup_dir(&gateway)), &wg, &lab.lab);
     ip_in(&netns, &["route", "add", "198.18.2.0/24", "dev", &wg]);
-    let tunnel_up = |up: u32| {
-        pinned_maps(&pin)
-            .gateways()
-            .unwrap()
-            .iter()
-            .any(|(_, _, state)| state.tunnel_up == up && state.tunnel_ifindex != 0)
-    };
+    let tunnel_up = |up: u32| netguard_tests::agent::some_tunnel_is(&pin, up);
     wait_for("the agent to see the gateway's tunnel up", || tunnel_up(1));
 
     let shared = format!("container:{gateway}");
