@@ -2,6 +2,7 @@
 //! runs every check), `cargo xtask run` (the agent with its built-in defaults), and the
 //! tasks around them.
 
+mod bench;
 mod cmd;
 mod dist;
 mod fuzz;
@@ -52,6 +53,8 @@ enum Task {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
     },
+    /// The benchmark: netguard beside no filter and iptables + ipset, in one run (as root).
+    Bench,
     /// Remove what an interrupted test run left (as root; `cargo xtask test` does it first).
     Sweep {
         /// The netguard binary that unloads leftover pins.
@@ -77,6 +80,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Check => test::check(&root),
         Task::Run { args } => run_agent(&root, &args),
         Task::Dist => dist::dist(&root).map(drop),
+        Task::Bench => bench::bench(&root),
         Task::Image => dist::image(&root),
         Task::Fuzz { seconds } => fuzz::fuzz(&root, seconds),
         Task::Sweep { netguard } => {
