@@ -26,6 +26,25 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Rust targets of the static binaries.
 pub const MUSL_TARGETS: [&str; 2] = ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"];
 
+/// Installs those of `packages` that are not installed yet.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
+    run_checked(privileged("apt-get").arg("update").arg("-qq"))?;
+    run_checked(
+        privileged("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
 /// Installs what is missing; a machine that has everything is left alone.
 pub fn install_missing() -> Result<()> {
     let mut missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
@@ -36,19 +55,7 @@ pub fn install_missing() -> Result<()> {
     if need_linker {
         missing.extend(LLVM_PACKAGES.iter().copied().filter(|p| !installed(p)));
     }
-    if !missing.is_empty() {
-        step(&format!(
-            "installing Debian packages: {}",
-            missing.join(" ")
-        ));
-        run_checked(privileged("apt-get").arg("update").arg("-qq"))?;
-        run_checked(
-            privileged("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-    }
+    apt_install(&missing)?;
     ensure_nightly_rust_src()?;
     ensure_targets(&MUSL_TARGETS)?;
     if need_linker {

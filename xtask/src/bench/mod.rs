@@ -181,6 +181,7 @@ pub fn bench(root: &Path) -> Result<()> {
     let netguard = root.join("target/release/netguard");
     step("building netguard (release)");
     crate::cmd::cargo(&["build", "--release", "-p", "netguard"])?;
+    crate::setup::apt_install(&["iperf3", "iputils-ping", "iptables", "ipset", "bpftool"])?;
     for tool in ["iperf3", "ping", "iptables", "ipset", "bpftool"] {
         which(tool)?;
     }
