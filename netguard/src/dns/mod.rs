@@ -244,49 +244,42 @@ impl Resolvers {
         clients: BTreeMap<CgroupId, Client>,
         maps: &mut Maps,
     ) {
-        let wanted: BTreeMap<CgroupId, u64> = clients
-            .iter()
-            .map(|(c, client)| (*c, client.netns_cookie))
-            .collect();
-        let names: BTreeMap<CgroupId, String> = clients
-            .iter()
-            .map(|(c, client)| (*c, client.name.clone()))
-            .collect();
-        {
-            let mut shared = self.shared.write().unwrap();
-            shared.directory = directory;
-            shared.clients = clients;
-        }
-        self.running
-            .retain(|cgroup, running| wanted.get(cgroup) == Some(&running.steer.netns_cookie));
-        for (cgroup, cookie) in &wanted {
+        self.running.retain(|cgroup, running| {
+            clients.get(cgroup).map(|c| c.netns_cookie) == Some(running.steer.netns_cookie)
+        });
+        for (cgroup, client) in &clients {
             if self.running.contains_key(cgroup) {
                 continue;
             }
-            let client = self.shared.read().unwrap().clients[cgroup].clone();
+            // A new resolver answers nothing until `clients` is shared below, and the kernel
+            // steers to it only once `write` has run.
             match serve::start(
                 *cgroup,
-                &client,
+                client,
                 &self.shared,
                 &self.report,
                 self.sockets.as_ref(),
             ) {
                 Ok((steer, tasks)) => {
                     info!(
-                        container = names[cgroup],
+                        container = client.name,
                         port_v4 = steer.port_v4,
                         port_v6 = steer.port_v6,
                         "resolver listening in the container's namespace"
                     );
-                    debug_assert_eq!(steer.netns_cookie, *cookie);
                     self.running.insert(*cgroup, Running { steer, tasks });
                 }
                 Err(error) => warn!(
-                    container = names[cgroup],
+                    container = client.name,
                     "starting its resolver: {error:#} (its DNS is refused until it starts; \
                      retried at the next sync)"
                 ),
             }
+        }
+        {
+            let mut shared = self.shared.write().unwrap();
+            shared.directory = directory;
+            shared.clients = clients;
         }
         self.write(maps);
     }

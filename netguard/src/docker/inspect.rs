@@ -146,12 +146,12 @@ pub fn from_summary(summary: &ContainerSummary, images: &ImageCache) -> Inspecte
         .and_then(|id| images.get(id))
         .map_or(ImageLabels::Unknown, ImageLabels::Known);
     let mut inspected = from_parts(name, &labels, network_mode, image, None, image_labels);
-    inspected.networks = summary
-        .network_settings
-        .as_ref()
-        .and_then(|n| n.networks.as_ref())
-        .map(networks)
-        .unwrap_or_default();
+    inspected.networks = networks(
+        summary
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref()),
+    );
     if summary.state == Some(ContainerSummaryStateEnum::RUNNING) {
         inspected.facts.running = true;
         inspected.running = Some(Err("not inspected".into()));
@@ -197,19 +197,21 @@ fn from_response(info: &ContainerInspectResponse, image_labels: ImageLabels<'_>)
         docker_healthy,
         image_labels,
     );
-    inspected.networks = info
-        .network_settings
-        .as_ref()
-        .and_then(|n| n.networks.as_ref())
-        .map(networks)
-        .unwrap_or_default();
+    inspected.networks = networks(
+        info.network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref()),
+    );
     inspected
 }
 
 /// The networks a container is on (by id) and what Docker's resolver answers for it there.
-fn networks(endpoints: &HashMap<String, EndpointSettings>) -> BTreeMap<String, NetworkPlace> {
+fn networks(
+    endpoints: Option<&HashMap<String, EndpointSettings>>,
+) -> BTreeMap<String, NetworkPlace> {
     endpoints
-        .iter()
+        .into_iter()
+        .flatten()
         .filter_map(|(network, endpoint)| {
             let id = endpoint.network_id.clone().filter(|id| !id.is_empty())?;
             let mut names: Vec<String> = endpoint
