@@ -5,10 +5,11 @@
 //! padding. Changing a layout here changes [`DATAPATH_ABI`].
 #![no_std]
 
+pub mod cache;
 pub mod parse;
 
 /// Layout version of the pinned maps. A pinned datapath whose version differs is not adopted.
-pub const DATAPATH_ABI: u64 = 7;
+pub const DATAPATH_ABI: u64 = 8;
 
 /// How many cgroup levels below the root the programs walk for a policy; a cgroup deeper than
 /// that is still found by its own entry.
@@ -99,9 +100,16 @@ pub mod maps {
     /// container may not reach another container's resolver in a namespace they share (it
     /// would get that one's upstream, and be counted as it).
     pub const DNS_PORTS: &str = "NG_DNS_PORTS";
+    /// Array of one `u64`: the policy stamp, which the agent increments after every write
+    /// of [`POLICY`]. A cached policy lookup is valid only under the stamp it was made at.
+    pub const POLICY_STAMP: &str = "NG_POLICY_STAMP";
+    /// Which entry of [`POLICY`] applies to a cgroup, as found at a stamp: an array of
+    /// [`crate::POLICY_CACHE_SLOTS`] words ([`crate::CachedPolicy`]), indexed by the cgroup
+    /// id's low bits. It spares the walk over the cgroup's ancestors on every packet.
+    pub const POLICY_CACHE: &str = "NG_POLICY_CACHE";
 
     /// Every map, in the order the agent pins them.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 24] = [
         POLICY,
         INTERNAL_V4,
         INTERNAL_V6,
@@ -124,6 +132,8 @@ pub mod maps {
         DNS_PEERS,
         AGENT_SOCKETS,
         DNS_PORTS,
+        POLICY_STAMP,
+        POLICY_CACHE,
     ];
 }
 

@@ -21,9 +21,8 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
-            bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_netns_cookie,
-            bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_send_signal, bpf_skb_ancestor_cgroup_id,
-            bpf_skb_cgroup_id,
+            bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_socket_cookie,
+            bpf_ktime_get_ns, bpf_send_signal, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
         },
     },
     macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, cgroup_sockopt, classifier},
@@ -39,7 +38,7 @@ use crate::{
     account::{counters, settle},
     maps::{AGENT_SOCKETS, BACKSTOP, CARRIERS, GUARDED_IFACES, KERNEL_LAYOUT, POLICY, STOPPED},
     packet::Buffer,
-    policy::{Route, decide, find_policy},
+    policy::{Netns, Route, decide, find_policy},
 };
 
 const SKB_PASS: i32 = 1;
@@ -107,8 +106,6 @@ pub fn ng_egress(ctx: SkBuffContext) -> i32 {
     };
     // SAFETY: reading fields of the program's own context.
     let (protocol, ifindex) = unsafe { (u16::from_be((*skb).protocol as u16), (*skb).ifindex) };
-    // SAFETY: helper on the program's own context.
-    let netns_cookie = unsafe { bpf_get_netns_cookie(skb.cast()) };
     let flow = parse_ip(&Buffer(&ctx.skb), 0, protocol);
     let verdict = match &flow {
         Ok(flow) => decide(
@@ -117,7 +114,7 @@ pub fn ng_egress(ctx: SkBuffContext) -> i32 {
             flow,
             Route::Device {
                 ifindex,
-                netns_cookie,
+                netns: Netns::OfPacket(skb),
             },
         ),
         Err(_) if policy.is_protected() => Err(BlockReason::Malformed),
@@ -316,7 +313,7 @@ fn backstop(ctx: &TcContext, offset: usize, ethertype: u16, mac: Option<[u8; 6]>
             flow,
             Route::Device {
                 ifindex,
-                netns_cookie: netns_cookie.unwrap_or(0),
+                netns: Netns::Cookie(netns_cookie.unwrap_or(0)),
             },
         ),
         Err(reason) => Err(*reason),

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use netguard_common::{
     CarrierKey, CgroupOwner, CgroupPolicy, ContainerKey, Counters, DnsPeer, DnsPortKey, DnsSteer,
     EndpointKey, EventBudget, GatewayState, IfaceKey, KernelLayout, MAX_GATEWAYS, NAME_SCRATCH_LEN,
-    NetnsGuard, ScopedV4, ScopedV6, StoppedTask,
+    NetnsGuard, ScopedV4, ScopedV6, StoppedTask, cache::POLICY_CACHE_SLOTS,
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -62,3 +62,7 @@ pub static DNS_PEERS: LruHashMap<u64, DnsPeer> = LruHashMap::with_max_entries(MA
 pub static AGENT_SOCKETS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
 #[map(name = "NG_DNS_PORTS")]
 pub static DNS_PORTS: HashMap<DnsPortKey, u64> = HashMap::with_max_entries(MAX_POLICIES, 0);
+#[map(name = "NG_POLICY_STAMP")]
+pub static POLICY_STAMP: Array<u64> = Array::with_max_entries(1, 0);
+#[map(name = "NG_POLICY_CACHE")]
+pub static POLICY_CACHE: Array<u64> = Array::with_max_entries(POLICY_CACHE_SLOTS, 0);

@@ -1,21 +1,71 @@
 //! The one decision: which policy applies to a cgroup, and may this flow leave under it?
 
-use aya_ebpf::maps::lpm_trie::Key;
+use core::ptr::{read_volatile, write_volatile};
+
+use aya_ebpf::{
+    bindings::__sk_buff, helpers::generated::bpf_get_netns_cookie, maps::lpm_trie::Key,
+};
 use netguard_common::{
     BlockReason, CgroupPolicy, DNS_PORT, DOCKER_RESOLVER_V4, EndpointKey, FAMILY_V4,
     MAX_CGROUP_DEPTH, SCOPE_BITS, SCOPE_GLOBAL, ScopedV4, ScopedV6, TUNNEL_UP, TxPath,
+    cache::{CachedPolicy, PolicyAt, cache_usable},
     parse::{Flow, IPPROTO_TCP, IPPROTO_UDP},
 };
 
-use crate::maps::{ENDPOINTS, GATEWAYS, INTERNAL_V4, INTERNAL_V6, POLICY};
+use crate::maps::{
+    ENDPOINTS, GATEWAYS, INTERNAL_V4, INTERNAL_V6, POLICY, POLICY_CACHE, POLICY_STAMP,
+};
 
 /// The policy that applies to cgroup `own`: the shallowest protected one among it and its
 /// ancestors (so no entry below a protected cgroup, count-only or not, can loosen it), else
 /// the shallowest count-only one. Returns the owning cgroup's id with it. The walk from the
 /// root covers [`MAX_CGROUP_DEPTH`] levels; a cgroup deeper than that is still found by its
 /// own entry, so a container's cgroup is enforced at any depth.
+///
+/// Where the walk found it is kept in `NG_POLICY_CACHE` under the policy stamp, which the
+/// agent increments after every write of `NG_POLICY`: until the next write, the cgroup's
+/// packets look up one entry instead of one per level.
 #[inline(always)]
 pub fn find_policy(ancestor: impl Fn(i32) -> u64, own: u64) -> Option<(u64, CgroupPolicy)> {
+    // The stamp is read before the policy map, and the agent writes it after: a word
+    // written under this stamp saw every policy write before it.
+    // SAFETY: an aligned word of an array map, read whole.
+    let stamp = POLICY_STAMP
+        .get_ptr(0)
+        .map_or(0, |ptr| unsafe { read_volatile(ptr) });
+    let slot = POLICY_CACHE
+        .get_ptr_mut(CachedPolicy::slot(own))
+        .filter(|_| cache_usable(stamp));
+    if let Some(slot) = slot {
+        // SAFETY: as above.
+        let word = CachedPolicy(unsafe { read_volatile(slot) });
+        match word.at(stamp, own) {
+            Some(PolicyAt::Nowhere) => return None,
+            Some(PolicyAt::Level(level)) => {
+                if let Some(found) = lookup(ancestor(level)) {
+                    return Some(found);
+                }
+            }
+            Some(PolicyAt::Own) => {
+                if let Some(found) = lookup(own) {
+                    return Some(found);
+                }
+            }
+            // Another cgroup's, or an older stamp's: walk.
+            None => {}
+        }
+    }
+    let (found, at) = walk(ancestor, own);
+    if let Some(slot) = slot {
+        // SAFETY: an aligned word of an array map, written whole.
+        unsafe { write_volatile(slot, CachedPolicy::new(stamp, own, at).0) };
+    }
+    found
+}
+
+/// [`find_policy`]'s answer from the policy map itself, and where it was found.
+#[inline(always)]
+fn walk(ancestor: impl Fn(i32) -> u64, own: u64) -> (Option<(u64, CgroupPolicy)>, PolicyAt) {
     let mut counted_only = None;
     let mut reached_own = false;
     for level in 1..=MAX_CGROUP_DEPTH {
@@ -26,10 +76,10 @@ pub fn find_policy(ancestor: impl Fn(i32) -> u64, own: u64) -> Option<(u64, Cgro
         }
         if let Some(found) = lookup(id) {
             if found.1.is_protected() {
-                return Some(found);
+                return (Some(found), PolicyAt::Level(level));
             }
             if counted_only.is_none() {
-                counted_only = Some(found);
+                counted_only = Some((found, PolicyAt::Level(level)));
             }
         }
     }
@@ -37,9 +87,12 @@ pub fn find_policy(ancestor: impl Fn(i32) -> u64, own: u64) -> Option<(u64, Cgro
         && let Some(found) = lookup(own)
         && (found.1.is_protected() || counted_only.is_none())
     {
-        return Some(found);
+        return (Some(found), PolicyAt::Own);
     }
-    counted_only
+    match counted_only {
+        Some((found, at)) => (Some(found), at),
+        None => (None, PolicyAt::Nowhere),
+    }
 }
 
 #[inline(always)]
@@ -52,10 +105,29 @@ fn lookup(id: u64) -> Option<(u64, CgroupPolicy)> {
 #[derive(Clone, Copy)]
 pub enum Route {
     /// cgroup_skb egress: the device the packet is leaving through, in the socket's netns.
-    Device { ifindex: u32, netns_cookie: u64 },
+    Device { ifindex: u32, netns: Netns },
     /// connect()/sendto(): not routed yet. The tunnel allowance applies while the tunnel is
     /// up; the packet is checked again at egress, which is the enforcement of record.
     NotYetRouted,
+}
+
+/// The network namespace a packet leaves, known or asked of the packet when needed
+/// (`bpf_get_netns_cookie` costs every packet that calls it).
+#[derive(Clone, Copy)]
+pub enum Netns {
+    Cookie(u64),
+    OfPacket(*mut __sk_buff),
+}
+
+impl Netns {
+    #[inline(always)]
+    fn cookie(self) -> u64 {
+        match self {
+            Netns::Cookie(cookie) => cookie,
+            // SAFETY: a helper on the running program's own context.
+            Netns::OfPacket(skb) => unsafe { bpf_get_netns_cookie(skb.cast()) },
+        }
+    }
 }
 
 /// `Ok(the way it leaves)` to let the flow out, `Err(reason)` to block it. `scope` is the
@@ -104,12 +176,11 @@ pub fn decide(
     }
     match route {
         Route::NotYetRouted => Ok(TxPath::Tunnel),
-        Route::Device {
-            ifindex,
-            netns_cookie,
-        } if gateway.tunnel_ifindex != 0
-            && ifindex == gateway.tunnel_ifindex
-            && netns_cookie == gateway.tunnel_netns_cookie =>
+        // The namespace is asked last, and only of a packet leaving by the tunnel's index.
+        Route::Device { ifindex, netns }
+            if gateway.tunnel_ifindex != 0
+                && ifindex == gateway.tunnel_ifindex
+                && netns.cookie() == gateway.tunnel_netns_cookie =>
         {
             Ok(TxPath::Tunnel)
         }

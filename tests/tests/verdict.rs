@@ -102,6 +102,14 @@ impl Verdicts {
         self.apply();
     }
 
+    /// Removes the policy entry of `cgroup` as the agent does when it is no longer wanted.
+    fn remove_policy(&mut self, cgroup: u64) {
+        self.desired.policies.remove(&cgroup);
+        self.applier
+            .retire_all_but(&self.desired.policies, &mut self.datapath)
+            .unwrap();
+    }
+
     /// The cgroup_skb egress verdict on an IP packet (given with its Ethernet header).
     fn egress(&mut self, frame: &[u8]) -> u32 {
         let program = self.datapath.egress_program().unwrap();
@@ -397,6 +405,51 @@ fn a_count_only_ancestor_cannot_loosen_a_protected_cgroup() {
         .unwrap()
         .unwrap_or_default();
     assert_eq!(parent_counters.tx_packets, 1);
+}
+
+/// The programs remember where a cgroup's policy entry is (the policy cache); every write of
+/// the policy map must reach the next packet, whatever was remembered before it.
+#[test]
+fn every_policy_write_applies_from_the_next_packet_whatever_was_cached() {
+    let mut v = Verdicts::new();
+    let own = v.cgroup;
+    let parent = v.in_cgroup.parent_id();
+    let external = ipv4(EXTERNAL_V4, &[], 0, &udp(5300, 4), None);
+    let endpoint = ipv4(ENDPOINT_V4, &[], 0, &udp(ENDPOINT_PORT, 4), None);
+    let protected = |gateway: Option<&str>| Policy::Protected {
+        gateway: gateway.map(Into::into),
+        allow: BTreeSet::new(),
+    };
+    // No entry: not netguard's, and remembered as such over several packets.
+    v.remove_policy(own);
+    for _ in 0..3 {
+        assert_eq!(v.egress(&external), PASS, "no policy");
+    }
+    // Protected: from the very next packet.
+    v.set_policy(own, protected(Some("vpn")));
+    assert_eq!(v.egress(&external), DROP, "protected after none");
+    assert_eq!(v.egress(&endpoint), PASS, "its gateway's endpoint");
+    // A protected ancestor now owns it: its policy (no gateway) applies, not the child's.
+    v.set_policy(parent, protected(None));
+    assert_eq!(v.egress(&endpoint), DROP, "the ancestor's policy");
+    let parent_blocks = v
+        .datapath
+        .maps
+        .counters(parent)
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(
+        parent_blocks.blocked_packets[BlockReason::NotAllowed as usize],
+        1
+    );
+    // The ancestor's entry goes: the child's own applies again.
+    v.remove_policy(parent);
+    assert_eq!(v.egress(&endpoint), PASS, "own policy again");
+    // Counted only, then gone: passes; protected again: dropped.
+    v.set_policy(own, Policy::CountOnly);
+    assert_eq!(v.egress(&external), PASS, "counted only");
+    v.set_policy(own, protected(Some("vpn")));
+    assert_eq!(v.egress(&external), DROP, "protected after counted only");
 }
 
 #[test]

@@ -54,7 +54,15 @@ enum Task {
         seconds: u64,
     },
     /// The benchmark: netguard beside no filter and iptables + ipset, in one run (as root).
-    Bench,
+    Bench {
+        /// A netguard binary to measure instead of this tree's release build (e.g. an older
+        /// version's, for a before/after comparison).
+        #[arg(long)]
+        netguard: Option<PathBuf>,
+        /// Interleaved rounds (every case once per round).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Remove what an interrupted test run left (as root; `cargo xtask test` does it first).
     Sweep {
         /// The netguard binary that unloads leftover pins.
@@ -80,7 +88,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Check => test::check(&root),
         Task::Run { args } => run_agent(&root, &args),
         Task::Dist => dist::dist(&root).map(drop),
-        Task::Bench => bench::bench(&root),
+        Task::Bench { netguard, rounds } => bench::bench(&root, netguard, rounds),
         Task::Image => dist::image(&root),
         Task::Fuzz { seconds } => fuzz::fuzz(&root, seconds),
         Task::Sweep { netguard } => {

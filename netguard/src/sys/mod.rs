@@ -332,6 +332,16 @@ pub fn read_pod<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
+/// Returns once every CPU has passed an RCU grace period: every BPF program running when it
+/// was called (they run under RCU) has finished. `membarrier(MEMBARRIER_CMD_GLOBAL)` is
+/// `synchronize_rcu()`; kernels with `nohz_full` refuse it.
+pub fn wait_for_rcu_grace_period() -> io::Result<()> {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: a syscall without pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    check(rc as libc::c_int).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,10 @@ pub const SENDER_NS: &str = "ngbench-tx";
 pub const RECEIVER_NS: &str = "ngbench-rx";
 pub const SENDER_ADDR: &str = "198.18.200.1";
 pub const RECEIVER_ADDR: &str = "198.18.200.2";
+/// The sender runs on this CPU (and the kernel's send path, and the veth's receive path,
+/// with it); the receiver on the last one. Pinning takes the scheduler's moves out of the
+/// figures.
+const SENDER_CPU: usize = 0;
 const PIN_DIR: &str = "/sys/fs/bpf/ngbench";
 const PARENT: &str = "ngbench";
 
@@ -32,6 +36,10 @@ pub fn sh(program: &str, args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn receiver_cpu() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get() - 1)
 }
 
 /// The cgroup2 mount (`/sys/fs/cgroup` on pure v2 hosts, `/sys/fs/cgroup/unified` on hybrid).
@@ -134,15 +142,35 @@ impl Lab {
             .arg(cgroup)
             .arg("-")
             .arg(SENDER_NS)
+            .args(["taskset", "-c", &SENDER_CPU.to_string()])
             .arg(program)
             .args(args);
+        command
+    }
+
+    /// A command run in `cgroup`, in the host's namespace.
+    pub fn in_cgroup(&self, cgroup: &Path, program: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            "echo $$ > \"$0/cgroup.procs\" && shift && exec \"$@\"",
+        ]);
+        command.arg(cgroup).arg("-").arg(program).args(args);
         command
     }
 
     /// A daemon in the receiver's namespace (killed on drop of the child).
     pub fn receiver(&self, program: &str, args: &[&str]) -> Result<Child> {
         Command::new("ip")
-            .args(["netns", "exec", RECEIVER_NS, program])
+            .args([
+                "netns",
+                "exec",
+                RECEIVER_NS,
+                "taskset",
+                "-c",
+                &receiver_cpu().to_string(),
+            ])
+            .arg(program)
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -14,8 +14,8 @@ use aya::{
 use ipnet::IpNet;
 use netguard_common::{
     CarrierKey, CgroupOwner, CgroupPolicy, ContainerKey, Counters, DATAPATH_ABI, DnsPortKey,
-    DnsSteer, EndpointKey, GatewayState, IfaceKey, KernelLayout, NetnsGuard, RESERVED_POLICY_KEYS,
-    SCOPE_BITS, ScopedV4, ScopedV6, StoppedTask, is_reserved_policy_key, maps, reserved_policy_key,
+    DnsSteer, EndpointKey, GatewayState, IfaceKey, KernelLayout, NetnsGuard, SCOPE_BITS, ScopedV4,
+    ScopedV6, StoppedTask, maps,
 };
 
 use crate::domain::{CgroupId, ContainerId};
@@ -24,6 +24,7 @@ mod dns;
 mod gateways;
 mod guards;
 mod owners;
+mod policies;
 
 pub use self::{
     gateways::{gateway_name, set_tunnel},
@@ -54,6 +55,8 @@ pub struct Maps {
     owners: HashMap<MapData, u64, CgroupOwner>,
     dns: HashMap<MapData, u64, DnsSteer>,
     dns_ports: HashMap<MapData, DnsPortKey, u64>,
+    policy_stamp: Array<MapData, u64>,
+    policy_cache: Array<MapData, u64>,
 }
 
 impl Maps {
@@ -104,6 +107,8 @@ impl Maps {
             owners: HashMap::try_from(take(maps::OWNERS)?)?,
             dns: HashMap::try_from(take(maps::DNS)?)?,
             dns_ports: HashMap::try_from(take(maps::DNS_PORTS)?)?,
+            policy_stamp: Array::try_from(take(maps::POLICY_STAMP)?)?,
+            policy_cache: Array::try_from(take(maps::POLICY_CACHE)?)?,
         })
     }
 
@@ -120,57 +125,14 @@ impl Maps {
         Ok(())
     }
 
-    /// Stamps fresh maps with this build's layout; fails on maps of another layout.
+    /// Stamps fresh maps with this build's layout (and moves the policy stamp off 0); fails on
+    /// maps of another layout.
     pub(crate) fn stamp_abi_if_fresh(&mut self) -> Result<()> {
         if self.meta.get(&0, 0)? == 0 {
             self.meta.set(0, DATAPATH_ABI, 0)?;
         }
-        self.check_abi()
-    }
-
-    // Policies: cgroup id -> what the datapath does for it.
-
-    /// Every cgroup with a policy entry (the reserved keys are not cgroups).
-    pub fn policies(&self) -> Result<Vec<(CgroupId, CgroupPolicy)>> {
-        let mut found = Vec::new();
-        for entry in self.policy.iter() {
-            let (cgroup, policy) = entry?;
-            if !is_reserved_policy_key(cgroup) {
-                found.push((cgroup, policy));
-            }
-        }
-        Ok(found)
-    }
-
-    /// Puts back the reserved policy keys the classifier gave up for containers while the map
-    /// was full; returns how many are still missing (the map is full).
-    pub fn restore_policy_reserves(&mut self) -> Result<u64> {
-        const BPF_NOEXIST: u64 = 1;
-        let mut missing = 0;
-        for i in 0..RESERVED_POLICY_KEYS {
-            let key = reserved_policy_key(i);
-            if self.policy.get(&key, 0).is_ok() {
-                continue;
-            }
-            if self
-                .policy
-                .insert(key, CgroupPolicy::default(), BPF_NOEXIST)
-                .is_err()
-            {
-                missing += 1;
-            }
-        }
-        Ok(missing)
-    }
-
-    pub fn set_policy(&mut self, cgroup: CgroupId, policy: CgroupPolicy) -> Result<()> {
-        self.policy
-            .insert(cgroup, policy, 0)
-            .with_context(|| format!("writing the policy of cgroup {cgroup}"))
-    }
-
-    pub fn remove_policy(&mut self, cgroup: CgroupId) -> Result<()> {
-        remove_if_present(self.policy.remove(&cgroup))
+        self.check_abi()?;
+        self.start_policy_stamp()
     }
 
     // Internal CIDRs: (scope, prefix) in two LPM tries; scope 0 is every protected cgroup's.
