@@ -143,24 +143,23 @@ fn filter(case: Case, lab: &Lab, netguard: &Path) -> Result<Filter> {
             Filter::Agent(Agent::start(netguard, lab, false, &config)?)
         }
         Case::Iptables { cgroups } => {
-            let protected: Vec<_> = lab
-                .others(cgroups - 1)?
-                .into_iter()
-                .chain([sender])
-                .collect();
-            rules::iptables(lab, &protected, &cidrs(10))?;
+            rules::iptables(lab, &protected(lab, sender, cgroups)?, &cidrs(10))?;
             Filter::Iptables
         }
         Case::Nftables { cgroups } => {
-            let protected: Vec<_> = lab
-                .others(cgroups - 1)?
-                .into_iter()
-                .chain([sender])
-                .collect();
-            rules::nftables(lab, &protected, &cidrs(10))?;
+            rules::nftables(lab, &protected(lab, sender, cgroups)?, &cidrs(10))?;
             Filter::Nftables
         }
     })
+}
+
+/// The protected cgroups of a firewall case: `cgroups - 1` siblings, then the sender.
+fn protected(lab: &Lab, sender: PathBuf, cgroups: usize) -> Result<Vec<PathBuf>> {
+    Ok(lab
+        .others(cgroups - 1)?
+        .into_iter()
+        .chain([sender])
+        .collect())
 }
 
 /// Median and spread ((max - min) / median) of some figures.
@@ -223,10 +222,9 @@ pub fn bench(root: &Path, netguard: Option<PathBuf>, rounds: usize) -> Result<()
             let sender = lab.sender_cgroup(case.depth())?;
             let _filter = filter(case, &lab, &netguard)?;
             let entry = figures.entry(case.name()).or_default();
-            entry
-                .entry("udp_pps")
-                .or_default()
-                .push(measure::udp_pps(&lab, &sender)?);
+            let (pps, cpu_ns) = measure::udp(&lab, &sender)?;
+            entry.entry("udp_pps").or_default().push(pps);
+            entry.entry("udp_cpu_ns").or_default().push(cpu_ns);
             entry
                 .entry("tcp_bps")
                 .or_default()
@@ -328,22 +326,28 @@ fn report(root: &Path, netguard: &Path, results: &Results) -> Result<()> {
     } = results;
     let base = &figures[&Case::NoFilter.name()];
     let mut table = String::from(
-        "| case | UDP 64 B pkt/s | vs no filter | TCP Gbit/s | vs no filter | RR µs | vs no filter | ng_egress ns/pkt (bpf_stats) | ng_egress ns/pkt (test run) |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| case | UDP 64 B pkt/s | vs no filter | sender CPU ns/pkt | vs no filter | TCP Gbit/s | vs no filter | RR µs | vs no filter | ng_egress ns/pkt (bpf_stats) | ng_egress ns/pkt (test run) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut json_cases = Vec::new();
     for case in CASES {
         let name = case.name();
         if let Some(why) = unsupported.get(&name) {
-            writeln!(table, "| {name} | unsupported here: {why} | | | | | | | |")?;
+            writeln!(
+                table,
+                "| {name} | unsupported here: {why} | | | | | | | | | |"
+            )?;
             json_cases.push(json!({"case": name, "unsupported": why}));
             continue;
         }
         let measures = &figures[&name];
         let mut cells = Vec::new();
         let mut json_ratios = serde_json::Map::new();
-        for (measure, scale, unit_digits) in
-            [("udp_pps", 1.0, 0), ("tcp_bps", 1e-9, 2), ("rr_us", 1.0, 1)]
-        {
+        for (measure, scale, unit_digits) in [
+            ("udp_pps", 1.0, 0),
+            ("udp_cpu_ns", 1.0, 0),
+            ("tcp_bps", 1e-9, 2),
+            ("rr_us", 1.0, 1),
+        ] {
             let (value, spread) = summary(&measures[measure]);
             let (ratio, ratio_spread) = summary(&ratios(&measures[measure], &base[measure]));
             cells.push(format!(
@@ -374,6 +378,7 @@ fn report(root: &Path, netguard: &Path, results: &Results) -> Result<()> {
         json_cases.push(json!({
             "case": name,
             "udp_pps": measures["udp_pps"],
+            "udp_cpu_ns": measures["udp_cpu_ns"],
             "tcp_bps": measures["tcp_bps"],
             "rr_us": measures["rr_us"],
             "ratios_to_no_filter": json_ratios,
@@ -384,7 +389,9 @@ fn report(root: &Path, netguard: &Path, results: &Results) -> Result<()> {
     println!("\n{table}");
     println!(
         "(medians of {rounds} interleaved rounds, ±: (max - min) / median; ratios are each \
-         round's figure over the same round's no filter; RR: lower is better; ns/pkt: \
+         round's figure over the same round's no filter; CPU ns/pkt and RR: lower is \
+         better; CPU ns/pkt: the sender's user + system time a datagram, which excludes the \
+         time the hypervisor steals; ng_egress ns/pkt: \
          bpf_stats over the UDP measure, medians of {STATS_ROUNDS} runs, and BPF_PROG_TEST_RUN \
          on the same packet, the fastest of {} batches of a million)",
         STATS_ROUNDS * measure::TEST_RUN_BATCHES
