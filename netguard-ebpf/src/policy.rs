@@ -39,20 +39,18 @@ pub fn find_policy(ancestor: impl Fn(i32) -> u64, own: u64) -> Option<(u64, Cgro
     if let Some(slot) = slot {
         // SAFETY: as above.
         let word = CachedPolicy(unsafe { read_volatile(slot) });
-        match word.at(stamp, own) {
+        let owner = match word.at(stamp, own) {
             Some(PolicyAt::Nowhere) => return None,
-            Some(PolicyAt::Level(level)) => {
-                if let Some(found) = lookup(ancestor(level)) {
-                    return Some(found);
-                }
-            }
-            Some(PolicyAt::Own) => {
-                if let Some(found) = lookup(own) {
-                    return Some(found);
-                }
-            }
+            Some(PolicyAt::Level(level)) => ancestor(level),
+            Some(PolicyAt::Own) => own,
             // Another cgroup's, or an older stamp's: walk.
-            None => {}
+            None => 0,
+        };
+        // An entry gone since the stamp was read: walk.
+        if owner != 0
+            && let Some(found) = lookup(owner)
+        {
+            return Some(found);
         }
     }
     let (found, at) = walk(ancestor, own);

@@ -47,15 +47,15 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
 
 /// Installs what is missing; a machine that has everything is left alone.
 pub fn install_missing() -> Result<()> {
-    let mut missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let mut wanted = PACKAGES.to_vec();
     let need_linker = !Command::new("bpf-linker")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     if need_linker {
-        missing.extend(LLVM_PACKAGES.iter().copied().filter(|p| !installed(p)));
+        wanted.extend(LLVM_PACKAGES);
     }
-    apt_install(&missing)?;
+    apt_install(&wanted)?;
     ensure_nightly_rust_src()?;
     ensure_targets(&MUSL_TARGETS)?;
     if need_linker {

@@ -131,21 +131,12 @@ impl Lab {
             .collect()
     }
 
-    /// A command run in the sender's namespace and `cgroup`.
+    /// A command run in the sender's namespace and `cgroup`, on the sender's CPU.
     pub fn sender(&self, cgroup: &Path, program: &str, args: &[&str]) -> Command {
-        let mut command = Command::new("sh");
-        command.args([
-            "-c",
-            "echo $$ > \"$0/cgroup.procs\" && shift && exec ip netns exec \"$@\"",
-        ]);
-        command
-            .arg(cgroup)
-            .arg("-")
-            .arg(SENDER_NS)
-            .args(["taskset", "-c", &SENDER_CPU.to_string()])
-            .arg(program)
-            .args(args);
-        command
+        let cpu = SENDER_CPU.to_string();
+        let mut all = vec!["netns", "exec", SENDER_NS, "taskset", "-c", &cpu, program];
+        all.extend_from_slice(args);
+        self.in_cgroup(cgroup, "ip", &all)
     }
 
     /// A command run in `cgroup`, in the host's namespace.

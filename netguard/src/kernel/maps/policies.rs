@@ -78,9 +78,11 @@ impl Maps {
 
     /// Fresh maps start at stamp 0, under which the programs do not use the cache: moves
     /// them off it, so that even traffic of a host without any policy is spared the walk.
+    /// One increment is enough (no grace period): no word was written under stamp 0, and no
+    /// policy write of the agent precedes this.
     pub(super) fn start_policy_stamp(&mut self) -> Result<()> {
         if self.policy_stamp.get(&0, 0)? == 0 {
-            self.publish_policies()?;
+            self.bump_policy_stamp()?;
         }
         Ok(())
     }
