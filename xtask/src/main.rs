@@ -62,6 +62,25 @@ enum Task {
         /// Interleaved rounds (every case once per round).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Rounds of the paired measure (batches of datagrams from sockets without a filter,
+        /// protected by netguard and filtered by iptables + ipset, in turn); 0 leaves it out.
+        #[arg(long, default_value_t = 3000)]
+        paired: usize,
+    },
+    /// The paired measure's sender (run by `bench`).
+    #[command(hide = true)]
+    Flood {
+        /// The receiver's network namespace (under /run/netns).
+        #[arg(long)]
+        receiver_ns: String,
+        /// Where the sink is bound in it.
+        #[arg(long)]
+        sink: std::net::SocketAddr,
+        /// NETNS,CGROUP,ADDR:PORT of each sender socket.
+        #[arg(long = "socket", required = true)]
+        sockets: Vec<bench::flood::Sender>,
+        #[arg(long)]
+        rounds: usize,
     },
     /// Remove what an interrupted test run left (as root; `cargo xtask test` does it first).
     Sweep {
@@ -88,7 +107,17 @@ fn run(cli: Cli) -> Result<()> {
         Task::Check => test::check(&root),
         Task::Run { args } => run_agent(&root, &args),
         Task::Dist => dist::dist(&root).map(drop),
-        Task::Bench { netguard, rounds } => bench::bench(&root, netguard, rounds),
+        Task::Bench {
+            netguard,
+            rounds,
+            paired,
+        } => bench::bench(&root, netguard, rounds, paired),
+        Task::Flood {
+            receiver_ns,
+            sink,
+            sockets,
+            rounds,
+        } => bench::flood::flood(&receiver_ns, sink, &sockets, rounds),
         Task::Image => dist::image(&root),
         Task::Fuzz { seconds } => fuzz::fuzz(&root, seconds),
         Task::Sweep { netguard } => {

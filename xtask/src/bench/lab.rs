@@ -1,7 +1,8 @@
-//! The bench's own lab: two network namespaces joined by a veth (198.18.200.0/24, routed
-//! nowhere else), the sender's cgroups under a parent the bench makes, and the filter of
-//! each case (netguard's agent with a configuration of its own, or iptables + ipset in the
-//! sender's namespace). Everything is removed on drop.
+//! The bench's own lab: a sender's and a receiver's network namespace joined by a veth
+//! (198.18.200.0/24, routed nowhere else; a second sender's namespace joins the receiver's
+//! by another), the sender's cgroups under a parent the bench makes, and the filter of each
+//! case (netguard's agent with a configuration of its own, or iptables + ipset in a sender's
+//! namespace). Everything is removed on drop.
 
 use std::{
     fs,
@@ -16,12 +17,20 @@ pub const SENDER_NS: &str = "ngbench-tx";
 pub const RECEIVER_NS: &str = "ngbench-rx";
 pub const SENDER_ADDR: &str = "198.18.200.1";
 pub const RECEIVER_ADDR: &str = "198.18.200.2";
+/// A second sender's namespace, with a veth of its own to the receiver's
+/// (198.18.201.0/24, routed nowhere else): filters set up in one sender's namespace cost
+/// the other's packets nothing.
+pub const SECOND_SENDER_NS: &str = "ngbench-tx2";
+/// The second sender's address and the receiver's on that veth.
+pub const SECOND_LINK: [&str; 2] = ["198.18.201.1", "198.18.201.2"];
 /// The sender runs on this CPU (and the kernel's send path, and the veth's receive path,
 /// with it); the receiver on the last one. Pinning takes the scheduler's moves out of the
 /// figures.
-const SENDER_CPU: usize = 0;
+pub const SENDER_CPU: usize = 0;
 const PIN_DIR: &str = "/sys/fs/bpf/ngbench";
 const PARENT: &str = "ngbench";
+/// A cgroup beside the parent: its traffic never meets netguard's programs.
+const OUTSIDE: &str = "ngbench-outside";
 
 /// Runs `program args` and fails unless it succeeds.
 pub fn sh(program: &str, args: &[&str]) -> Result<String> {
@@ -69,41 +78,39 @@ impl Lab {
             root,
         };
         lab.remove();
-        for ns in [SENDER_NS, RECEIVER_NS] {
+        for ns in [SENDER_NS, SECOND_SENDER_NS, RECEIVER_NS] {
             sh("ip", &["netns", "add", ns])?;
             sh("ip", &["-n", ns, "link", "set", "lo", "up"])?;
         }
-        sh(
-            "ip",
-            &[
-                "-n",
-                SENDER_NS,
-                "link",
-                "add",
-                "eth0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                RECEIVER_NS,
-            ],
-        )?;
-        for (ns, address) in [(SENDER_NS, SENDER_ADDR), (RECEIVER_NS, RECEIVER_ADDR)] {
+        for (sender, receiver_link, [sender_addr, receiver_addr]) in [
+            (SENDER_NS, "eth0", [SENDER_ADDR, RECEIVER_ADDR]),
+            (SECOND_SENDER_NS, "eth1", SECOND_LINK),
+        ] {
             sh(
                 "ip",
                 &[
                     "-n",
-                    ns,
-                    "addr",
+                    sender,
+                    "link",
                     "add",
-                    &format!("{address}/24"),
-                    "dev",
                     "eth0",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    receiver_link,
+                    "netns",
+                    RECEIVER_NS,
                 ],
             )?;
-            sh("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
+            for (ns, link, address) in [
+                (sender, "eth0", sender_addr),
+                (RECEIVER_NS, receiver_link, receiver_addr),
+            ] {
+                let address = format!("{address}/24");
+                sh("ip", &["-n", ns, "addr", "add", &address, "dev", link])?;
+                sh("ip", &["-n", ns, "link", "set", link, "up"])?;
+            }
         }
         fs::create_dir_all(&lab.parent)?;
         Ok(lab)
@@ -129,6 +136,13 @@ impl Lab {
                 Ok(path)
             })
             .collect()
+    }
+
+    /// A sender's cgroup outside the parent netguard attaches at (made if missing).
+    pub fn outside_cgroup(&self) -> Result<PathBuf> {
+        let path = self.root.join(OUTSIDE);
+        fs::create_dir_all(&path)?;
+        Ok(path)
     }
 
     /// A command run in the sender's namespace and `cgroup`, on the sender's CPU.
@@ -179,10 +193,11 @@ impl Lab {
     }
 
     fn remove(&self) {
-        for ns in [SENDER_NS, RECEIVER_NS] {
+        for ns in [SENDER_NS, SECOND_SENDER_NS, RECEIVER_NS] {
             let _ = sh("ip", &["netns", "del", ns]);
         }
         remove_tree(&self.parent);
+        remove_tree(&self.root.join(OUTSIDE));
     }
 }
 

@@ -3,9 +3,11 @@
 //! on stdout and as JSON under `target/bench/`. The figures are the ratios: absolute numbers
 //! are noise on a shared machine.
 
+pub mod flood;
 mod footprint;
 mod lab;
 mod measure;
+mod paired;
 mod rules;
 
 use std::{
@@ -18,7 +20,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde_json::json;
 
-use self::lab::{Agent, Lab, RECEIVER_ADDR, sh};
+use self::lab::{Agent, Lab, RECEIVER_ADDR, SENDER_NS, sh};
 use crate::cmd::step;
 
 /// Rounds of the separate bpf_stats runs.
@@ -107,14 +109,15 @@ const CASES: [Case; 10] = [
 enum Filter {
     None,
     Agent(#[allow(dead_code)] Agent),
-    Iptables,
+    /// In this namespace.
+    Iptables(&'static str),
     Nftables,
 }
 
 impl Drop for Filter {
     fn drop(&mut self) {
         match self {
-            Filter::Iptables => rules::remove_iptables(),
+            Filter::Iptables(ns) => rules::remove_iptables(ns),
             Filter::Nftables => rules::remove_nftables(),
             Filter::None | Filter::Agent(_) => {}
         }
@@ -143,8 +146,13 @@ fn filter(case: Case, lab: &Lab, netguard: &Path) -> Result<Filter> {
             Filter::Agent(Agent::start(netguard, lab, false, &config)?)
         }
         Case::Iptables { cgroups } => {
-            rules::iptables(lab, &protected(lab, sender, cgroups)?, &cidrs(10))?;
-            Filter::Iptables
+            rules::iptables(
+                lab,
+                SENDER_NS,
+                &protected(lab, sender, cgroups)?,
+                &cidrs(10),
+            )?;
+            Filter::Iptables(SENDER_NS)
         }
         Case::Nftables { cgroups } => {
             rules::nftables(lab, &protected(lab, sender, cgroups)?, &cidrs(10))?;
@@ -171,7 +179,12 @@ fn summary(values: &[f64]) -> (f64, f64) {
     (median, spread)
 }
 
-pub fn bench(root: &Path, netguard: Option<PathBuf>, rounds: usize) -> Result<()> {
+pub fn bench(
+    root: &Path,
+    netguard: Option<PathBuf>,
+    rounds: usize,
+    paired_rounds: usize,
+) -> Result<()> {
     anyhow::ensure!(rounds > 0, "--rounds 0: at least one round is needed");
     let netguard = match netguard {
         Some(path) => path
@@ -222,7 +235,7 @@ pub fn bench(root: &Path, netguard: Option<PathBuf>, rounds: usize) -> Result<()
             let sender = lab.sender_cgroup(case.depth())?;
             let _filter = filter(case, &lab, &netguard)?;
             let entry = figures.entry(case.name()).or_default();
-            let (pps, cpu_ns) = measure::udp(&lab, &sender)?;
+            let (pps, cpu_ns) = measure::udp(&lab, &sender, measure::SECONDS)?;
             entry.entry("udp_pps").or_default().push(pps);
             entry.entry("udp_cpu_ns").or_default().push(cpu_ns);
             entry
@@ -259,6 +272,9 @@ pub fn bench(root: &Path, netguard: Option<PathBuf>, rounds: usize) -> Result<()
                 .or_insert(fastest);
         }
     }
+    let paired = (paired_rounds > 0)
+        .then(|| paired::run(&lab, &netguard, paired_rounds))
+        .transpose()?;
     let footprint = crate::setup::ensure_dockerd(root)
         .and_then(|()| footprint::with_containers(&lab, &netguard, footprint::CONTAINERS))
         .unwrap_or_else(|error| {
@@ -274,6 +290,7 @@ pub fn bench(root: &Path, netguard: Option<PathBuf>, rounds: usize) -> Result<()
             ns_per_packet,
             test_run_ns,
             unsupported,
+            paired,
             footprint,
         },
     )
@@ -290,6 +307,7 @@ struct Results {
     test_run_ns: BTreeMap<String, f64>,
     /// Case name -> why its filter could not be set up here.
     unsupported: BTreeMap<String, String>,
+    paired: Option<paired::Paired>,
     footprint: Option<footprint::Footprint>,
 }
 
@@ -322,6 +340,7 @@ fn report(root: &Path, netguard: &Path, results: &Results) -> Result<()> {
         ns_per_packet,
         test_run_ns,
         unsupported,
+        paired,
         footprint,
     } = results;
     let base = &figures[&Case::NoFilter.name()];
@@ -396,6 +415,10 @@ fn report(root: &Path, netguard: &Path, results: &Results) -> Result<()> {
          on the same packet, the fastest of {} batches of a million)",
         STATS_ROUNDS * measure::TEST_RUN_BATCHES
     );
+    let paired = paired.as_ref().map(paired::Paired::report).transpose()?;
+    if let Some((table, _)) = &paired {
+        println!("\n{table}");
+    }
     if let Some(f) = &footprint {
         println!(
             "agent with {} protected containers: RSS {:.1} MiB, idle CPU {:.2}% of one core",
@@ -419,6 +442,7 @@ fn report(root: &Path, netguard: &Path, results: &Results) -> Result<()> {
             "seconds": measure::SECONDS,
             "receiver": RECEIVER_ADDR,
             "cases": json_cases,
+            "paired": paired.map(|(_, json)| json),
             "agent": footprint.as_ref().map(|f| json!({"containers": f.containers, "rss_kib": f.rss_kib, "idle_cpu_percent": f.idle_cpu_percent})),
         }))?,
     )?;

@@ -1,4 +1,4 @@
-//! The firewall equivalents of a protected container, in the sender's namespace: one rule per
+//! The firewall equivalents of a protected container, in a sender's namespace: one rule per
 //! protected cgroup (the sender's last), dropping what goes outside 10 internal CIDRs.
 
 use std::path::PathBuf;
@@ -7,45 +7,54 @@ use anyhow::Result;
 
 use super::lab::{Lab, SENDER_NS, sh};
 
-/// Runs `args` in the sender's namespace.
-fn in_sender_ns(args: &[&str]) -> Result<String> {
-    let mut all = vec!["netns", "exec", SENDER_NS];
+/// Runs `args` in the namespace `ns`.
+fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
+    let mut all = vec!["netns", "exec", ns];
     all.extend_from_slice(args);
     sh("ip", &all)
 }
 
-/// iptables (xt_cgroup `--path`) + an ipset `hash:net`.
-pub fn iptables(lab: &Lab, cgroups: &[PathBuf], cidrs: &[String]) -> Result<()> {
-    in_sender_ns(&["ipset", "create", "ngbench", "hash:net"])?;
+/// iptables (xt_cgroup `--path`) + an ipset `hash:net`, in the namespace `ns`.
+pub fn iptables(lab: &Lab, ns: &str, cgroups: &[PathBuf], cidrs: &[String]) -> Result<()> {
+    in_ns(ns, &["ipset", "create", "ngbench", "hash:net"])?;
     for cidr in cidrs {
-        in_sender_ns(&["ipset", "add", "ngbench", cidr])?;
+        in_ns(ns, &["ipset", "add", "ngbench", cidr])?;
     }
     for cgroup in cgroups {
         let path = lab.relative(cgroup);
-        in_sender_ns(&[
-            "iptables",
-            "-A",
-            "OUTPUT",
-            "-m",
-            "cgroup",
-            "--path",
-            &path,
-            "-m",
-            "set",
-            "!",
-            "--match-set",
-            "ngbench",
-            "dst",
-            "-j",
-            "DROP",
-        ])?;
+        in_ns(
+            ns,
+            &[
+                "iptables",
+                "-A",
+                "OUTPUT",
+                "-m",
+                "cgroup",
+                "--path",
+                &path,
+                "-m",
+                "set",
+                "!",
+                "--match-set",
+                "ngbench",
+                "dst",
+                "-j",
+                "DROP",
+            ],
+        )?;
     }
     Ok(())
 }
 
-pub fn remove_iptables() {
-    let _ = in_sender_ns(&["iptables", "-F", "OUTPUT"]);
-    let _ = in_sender_ns(&["ipset", "destroy", "ngbench"]);
+/// Removes the rules, the set, and the table itself: with the nf_tables backend an emptied
+/// `OUTPUT` chain stays hooked and would cost every later case's packets (the no-filter one
+/// included) a pass through an empty chain.
+pub fn remove_iptables(ns: &str) {
+    let _ = in_ns(ns, &["iptables", "-F", "OUTPUT"]);
+    let _ = in_ns(ns, &["ipset", "destroy", "ngbench"]);
+    if in_ns(ns, &["iptables", "-V"]).is_ok_and(|version| version.contains("nf_tables")) {
+        let _ = in_ns(ns, &["nft", "delete", "table", "ip", "filter"]);
+    }
 }
 
 /// nftables: `socket cgroupv2 level N "<path>"` + an interval set. nft resolves the path under
@@ -66,7 +75,7 @@ pub fn nftables(lab: &Lab, cgroups: &[PathBuf], cidrs: &[String]) -> Result<()> 
     script.push_str(" }\n}\n");
     let file = std::env::temp_dir().join("ngbench.nft");
     std::fs::write(&file, script)?;
-    let loaded = in_sender_ns(&["nft", "-f", &file.to_string_lossy()]);
+    let loaded = in_ns(SENDER_NS, &["nft", "-f", &file.to_string_lossy()]);
     let _ = std::fs::remove_file(&file);
     loaded.map(drop).map_err(|error| {
         // nft repeats its error for every rule: the first says it.
@@ -83,5 +92,5 @@ pub fn nftables(lab: &Lab, cgroups: &[PathBuf], cidrs: &[String]) -> Result<()> 
 }
 
 pub fn remove_nftables() {
-    let _ = in_sender_ns(&["nft", "delete", "table", "inet", "ngbench"]);
+    let _ = in_ns(SENDER_NS, &["nft", "delete", "table", "inet", "ngbench"]);
 }
