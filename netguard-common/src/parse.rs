@@ -1,8 +1,9 @@
 //! Bounds-checked parsing of the packet headers a verdict needs, shared by the kernel programs
 //! and the host (unit tests, fuzzing).
 //!
-//! Every read has a fixed size and goes through [`Packet::load`], so a short or non-linear
-//! packet is an error, never an out-of-bounds read. Anything that cannot be parsed, or that
+//! Every read has a fixed size and goes through [`Packet::load`], so a packet shorter than a
+//! read is an error, never an out-of-bounds read (the kernel's reader reaches paged data
+//! too). Anything that cannot be parsed, or that
 //! could be rerouted after it was looked at (IPv4 source routing, an IPv6 routing header with
 //! segments left), is [`Malformed`]: the caller blocks it with reason `malformed`.
 

@@ -1,8 +1,10 @@
 //! `xtask flood`, the paired measure's sender: one process, several connected UDP sockets,
-//! each made in a network namespace and a cgroup of its own (a socket keeps both for life),
-//! and short batches of 64-byte datagrams sent on each in turn, timed by the thread's own CPU
-//! clock. The sockets' batches are milliseconds apart, so a shared machine's drift is the
-//! same for all of them; the time the hypervisor steals is not on the thread's clock.
+//! each made in the network namespace and the cgroup it is given (a socket keeps both for
+//! life), and short batches of 64-byte datagrams sent on each in turn, in an order shuffled
+//! every round, timed by the thread's own CPU clock. The sockets' batches are milliseconds
+//! apart, so a shared machine's drift is the same for all of them; the time the hypervisor
+//! steals is not on the thread's clock where the kernel accounts for it
+//! (`CONFIG_PARAVIRT_TIME_ACCOUNTING`, as here).
 //!
 //! The datagrams go to a socket the same process binds in the receiver's namespace and never
 //! reads: once its buffer is full they are dropped where they arrive, and no receiver is
@@ -98,15 +100,17 @@ pub fn flood(receiver_ns: &str, sink: SocketAddr, senders: &[Sender], rounds: us
         bail!("setns back: {}", std::io::Error::last_os_error());
     }
     let mut figures = vec![Vec::with_capacity(rounds); sockets.len()];
-    let mut refused = 0u64;
-    for round in 0..rounds {
-        for k in 0..sockets.len() {
-            // Each round starts with the next socket, so that none is always first.
-            let at = (round + k) % sockets.len();
+    let mut refused = vec![0u64; sockets.len()];
+    let mut order: Vec<usize> = (0..sockets.len()).collect();
+    let mut random = Random(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..rounds {
+        // No socket always follows the same one (and finds the caches as it left them).
+        random.shuffle(&mut order);
+        for &at in &order {
             let start = thread_cpu_ns();
             for _ in 0..BATCH {
                 if sockets[at].send(&PAYLOAD).is_err() {
-                    refused += 1;
+                    refused[at] += 1;
                 }
             }
             figures[at].push((thread_cpu_ns() - start) as f64 / BATCH as f64);
@@ -117,4 +121,24 @@ pub fn flood(receiver_ns: &str, sink: SocketAddr, senders: &[Sender], rounds: us
         json!({"batch": BATCH, "refused_sends": refused, "ns_per_datagram": figures})
     );
     Ok(())
+}
+
+/// xorshift64: a fixed, repeatable order of rounds.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Fisher–Yates.
+    fn shuffle(&mut self, items: &mut [usize]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
+    }
 }

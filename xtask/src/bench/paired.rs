@@ -1,21 +1,28 @@
 //! The paired measure: what a 64-byte datagram costs its sender without a filter, protected
 //! by netguard, and filtered by the iptables + ipset equivalent, measured side by side in one
-//! process ([`super::flood`]): batches of a thousand datagrams on each of three sockets in
-//! turn, thousands of times, each batch timed by the thread's CPU clock. The batches are
-//! milliseconds apart, so a shared machine's drift (up to 2× over minutes here) is the same
-//! for the three; each round's ratio and difference cancel it.
+//! process ([`super::flood`]): batches of a thousand datagrams on each of five sockets in a
+//! shuffled turn, thousands of times, each batch timed by the thread's CPU clock. The batches
+//! are milliseconds apart, so a shared machine's drift (up to 2× over minutes here) is the
+//! same for all; each round's ratio and difference cancel it.
 //!
-//! - netguard's socket: the protected sender cgroup (10 internal CIDRs), in the sender's
-//!   namespace.
-//! - The host's own traffic: a cgroup without a policy under the parent netguard attaches
-//!   at (what every process pays where netguard attaches at the cgroup2 root).
-//! - No filter: a cgroup outside the parent netguard attaches at, in the same namespace.
-//! - iptables + ipset: the same outside cgroup's rule, in the second sender's namespace (its
-//!   own veth to the receiver), so that no other socket's packets pass its chain.
+//! In the sender's namespace:
+//! - netguard, protected: the protected sender cgroup (10 internal CIDRs);
+//! - the host's own traffic: a sibling without a policy under the parent netguard attaches
+//!   at (what every process pays where netguard attaches at the cgroup2 root);
+//! - no filter: a cgroup outside that parent.
+//!
+//! In the second sender's namespace (its own veth to the receiver), so that no other socket's
+//! packets pass its chain:
+//! - iptables + ipset: a cgroup below the outside one, which the rule matches;
+//! - the traffic of another cgroup there: the outside cgroup itself, which the rule does not
+//!   match (what every other process of that namespace pays for it).
+//!
+//! Every arm is compared with the no-filter socket of the first namespace: the two
+//! namespaces and veths are made alike, and only the rule tells them apart.
 //!
 //! The agent is up throughout: what it costs every process's system calls (the raw-socket
-//! guard's `sys_enter`) is the same for the three and cancels; the main rounds' "unprotected"
-//! case measures it.
+//! guard's `sys_enter`) is the same for all and cancels; the main rounds' "unprotected" case
+//! has it.
 
 use std::{fmt::Write as _, path::Path, process::Command};
 
@@ -37,39 +44,87 @@ const SINK_PORT: u16 = 9;
 const NETGUARD: usize = 0;
 const UNPROTECTED: usize = 1;
 const IPTABLES: usize = 2;
-const NO_FILTER: usize = 3;
+const IPTABLES_OTHER: usize = 3;
+const NO_FILTER: usize = 4;
+const ARMS: usize = 5;
 
-/// Each socket's CPU ns a datagram, one figure a round.
+/// netguard's case: one protected cgroup, 10 internal CIDRs.
+const PROTECTED: Case = Case::Protected {
+    cidrs: 10,
+    cgroups: 1,
+    depth: 2,
+};
+
+/// Starts of the agent the rounds are shared among: where a start of netguard lands in
+/// memory moves its per-packet cost by tens of ns (the same build measured +54 and +91 ns a
+/// datagram for the host's own traffic in two runs), so one start is not enough.
+const STARTS: usize = 5;
+
+/// Each socket's CPU ns a datagram, one figure a round, the starts one after another.
 pub struct Paired {
     batch: u64,
-    refused_sends: u64,
-    ns: [Vec<f64>; 4],
+    ns: [Vec<f64>; ARMS],
+    /// Rounds of each start.
+    starts: Vec<usize>,
 }
 
 pub fn run(lab: &Lab, netguard: &Path, rounds: usize) -> Result<Paired> {
     let outside = lab.outside_cgroup()?;
-    let protected = Case::Protected {
-        cidrs: 10,
-        cgroups: 1,
-        depth: 2,
-    };
-    let sender = lab.sender_cgroup(protected.depth())?;
+    let sender = lab.sender_cgroup(PROTECTED.depth())?;
     // A sibling of the sender: under the parent, without a policy.
     let unprotected = lab.others(1)?.remove(0);
+    // xt_cgroup matches a cgroup and its descendants: the rule's is below the outside one.
+    let filtered = outside.join("iptables");
+    std::fs::create_dir_all(&filtered)?;
     step(&format!(
         "paired: no filter, netguard (protected, unprotected), iptables + ipset; {rounds} \
-         rounds of a batch each"
+         rounds of a batch each, over {STARTS} starts of the agent"
     ));
-    let _agent = filter(protected, lab, netguard)?;
+    let mut paired = Paired {
+        batch: 0,
+        ns: Default::default(),
+        starts: Vec::new(),
+    };
+    for start in 0..STARTS {
+        let share = rounds / STARTS + usize::from(start < rounds % STARTS);
+        if share == 0 {
+            continue;
+        }
+        let result = flood_once(
+            lab,
+            netguard,
+            share,
+            [&sender, &unprotected, &filtered, &outside],
+        )?;
+        paired.batch = result["batch"].as_u64().unwrap_or(0);
+        for (at, column) in paired.ns.iter_mut().enumerate() {
+            column.extend(
+                result["ns_per_datagram"][at]
+                    .as_array()
+                    .context("the flood printed no figures")?
+                    .iter()
+                    .map(|ns| ns.as_f64().context("not a figure"))
+                    .collect::<Result<Vec<f64>>>()?,
+            );
+        }
+        paired.starts.push(share);
+    }
+    Ok(paired)
+}
+
+/// One start of the agent and of the iptables rules, and `rounds` rounds of the flood under
+/// them: the flood's output.
+fn flood_once(
+    lab: &Lab,
+    netguard: &Path,
+    rounds: usize,
+    [sender, unprotected, filtered, outside]: [&Path; 4],
+) -> Result<Value> {
+    let _agent = filter(PROTECTED, lab, netguard)?;
     // The iptables arm's internal CIDRs: its own link's, then 9 that route nowhere.
     let mut internal = cidrs(10);
     internal[0] = format!("{}/24", SECOND_LINK[1]);
-    rules::iptables(
-        lab,
-        SECOND_SENDER_NS,
-        std::slice::from_ref(&outside),
-        &internal,
-    )?;
+    rules::iptables(lab, SECOND_SENDER_NS, &[filtered.to_path_buf()], &internal)?;
     let _rules = Filter::Iptables(SECOND_SENDER_NS);
     let socket =
         |ns: &str, cgroup: &Path, to: &str| format!("{ns},{},{to}:{SINK_PORT}", cgroup.display());
@@ -80,13 +135,15 @@ pub fn run(lab: &Lab, netguard: &Path, rounds: usize) -> Result<Paired> {
         .arg(format!("0.0.0.0:{SINK_PORT}"))
         .args(["--rounds", &rounds.to_string()])
         .arg("--socket")
-        .arg(socket(SENDER_NS, &sender, RECEIVER_ADDR))
+        .arg(socket(SENDER_NS, sender, RECEIVER_ADDR))
         .arg("--socket")
-        .arg(socket(SENDER_NS, &unprotected, RECEIVER_ADDR))
+        .arg(socket(SENDER_NS, unprotected, RECEIVER_ADDR))
         .arg("--socket")
-        .arg(socket(SECOND_SENDER_NS, &outside, SECOND_LINK[1]))
+        .arg(socket(SECOND_SENDER_NS, filtered, SECOND_LINK[1]))
         .arg("--socket")
-        .arg(socket(SENDER_NS, &outside, RECEIVER_ADDR))
+        .arg(socket(SECOND_SENDER_NS, outside, SECOND_LINK[1]))
+        .arg("--socket")
+        .arg(socket(SENDER_NS, outside, RECEIVER_ADDR))
         .output()
         .context("starting the flood")?;
     if !output.status.success() {
@@ -96,19 +153,16 @@ pub fn run(lab: &Lab, netguard: &Path, rounds: usize) -> Result<Paired> {
         );
     }
     let result: Value = serde_json::from_slice(&output.stdout).context("the flood's output")?;
-    let column = |at: usize| -> Result<Vec<f64>> {
-        result["ns_per_datagram"][at]
-            .as_array()
-            .context("the flood printed no figures")?
+    // A refused send costs less than a sent one: every datagram must have gone out.
+    if let Some(refused) = result["refused_sends"].as_array()
+        && let Some((arm, count)) = refused
             .iter()
-            .map(|ns| ns.as_f64().context("not a figure"))
-            .collect()
-    };
-    Ok(Paired {
-        batch: result["batch"].as_u64().unwrap_or(0),
-        refused_sends: result["refused_sends"].as_u64().unwrap_or(0),
-        ns: [column(0)?, column(1)?, column(2)?, column(3)?],
-    })
+            .enumerate()
+            .find(|(_, count)| count.as_u64() != Some(0))
+    {
+        bail!("the flood's socket {arm} had {count} sends refused: its filter blocked it");
+    }
+    Ok(result)
 }
 
 /// The median and the quartiles of some figures.
@@ -119,9 +173,9 @@ fn quartiles(values: &[f64]) -> (f64, f64, f64) {
     (at(0.5), at(0.25), at(0.75))
 }
 
-/// Two-sided sign test: the chance of a split at least as uneven as `wins` of `n` if either
-/// filter were as likely to be the cheaper one in a round (summed in logarithms, so that
-/// thousands of rounds do not overflow).
+/// Two-sided sign test: the chance of a split at least as uneven as `wins` of `n` (rounds
+/// without a tie) if either filter were as likely to be the cheaper one in a round (summed
+/// in logarithms, so that thousands of rounds do not overflow).
 fn sign_test(wins: usize, n: usize) -> f64 {
     let extreme = wins.min(n - wins);
     let ln_all = n as f64 * std::f64::consts::LN_2;
@@ -161,7 +215,8 @@ impl Paired {
                 "netguard, unprotected cgroup (the host's own traffic)",
             ),
             (NETGUARD, "netguard, protected"),
-            (IPTABLES, "iptables + ipset"),
+            (IPTABLES_OTHER, "iptables + ipset, another cgroup's traffic"),
+            (IPTABLES, "iptables + ipset, the protected cgroup"),
         ] {
             let ratio = quartiles(&self.per_round(arm, |a, base| base / a));
             let extra = quartiles(&self.per_round(arm, |a, base| a - base));
@@ -181,8 +236,9 @@ impl Paired {
             .map(|(g, i)| g - i)
             .collect();
         let wins = difference.iter().filter(|d| **d < 0.0).count();
+        let untied = difference.iter().filter(|d| **d != 0.0).count();
         let (median, low, high) = quartiles(&difference);
-        let p = sign_test(wins, n);
+        let p = sign_test(wins, untied);
         // Below f64's range, the sum is 0.
         let p_text = if p > 0.0 {
             format!("= {p:.1e}")
@@ -191,23 +247,43 @@ impl Paired {
         };
         writeln!(
             table,
-            "\nnetguard − iptables + ipset, CPU ns a datagram, same round: median {median:+.0} \
-             (quartiles {low:+.0} to {high:+.0}); netguard cheaper in {wins} of {n} rounds \
-             (sign test p {p_text}); sends refused: {}",
-            self.refused_sends
+            "\nnetguard, protected − iptables + ipset, protected, CPU ns a datagram, same round: median \
+             {median:+.0} (quartiles {low:+.0} to {high:+.0}); netguard cheaper in {wins} of \
+             {untied} rounds without a tie (sign test p {p_text})"
+        )?;
+        let mut first = 0;
+        let per_start: Vec<f64> = self
+            .starts
+            .iter()
+            .map(|&rounds| {
+                let median = quartiles(&difference[first..first + rounds]).0;
+                first += rounds;
+                median
+            })
+            .collect();
+        writeln!(
+            table,
+            "the same, each start of the agent's median: {}",
+            per_start
+                .iter()
+                .map(|ns| format!("{ns:+.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )?;
         Ok((
             table,
             json!({
+                "starts": self.starts,
+                "netguard_minus_iptables_ns_per_start": per_start,
                 "rounds": n,
                 "batch": self.batch,
                 "no_filter_ns": [base.0, base.1, base.2],
                 "arms": json_arms,
                 "netguard_minus_iptables_ns": [median, low, high],
                 "netguard_cheaper_rounds": wins,
+                "untied_rounds": untied,
                 "sign_test_p": p,
-                "refused_sends": self.refused_sends,
-                "ns_per_datagram": {"netguard": self.ns[NETGUARD], "unprotected": self.ns[UNPROTECTED], "iptables": self.ns[IPTABLES], "no_filter": self.ns[NO_FILTER]},
+                "ns_per_datagram": {"netguard": self.ns[NETGUARD], "unprotected": self.ns[UNPROTECTED], "iptables": self.ns[IPTABLES], "iptables_other_cgroup": self.ns[IPTABLES_OTHER], "no_filter": self.ns[NO_FILTER]},
             }),
         ))
     }
