@@ -104,8 +104,8 @@ pub mod maps {
     /// of [`POLICY`]. A cached policy lookup is valid only under the stamp it was made at.
     pub const POLICY_STAMP: &str = "NG_POLICY_STAMP";
     /// Which entry of [`POLICY`] applies to a cgroup, as found at a stamp: an array of
-    /// [`crate::cache::POLICY_CACHE_SLOTS`] words ([`crate::cache::CachedPolicy`]), indexed by the cgroup
-    /// id's low bits. It spares the walk over the cgroup's ancestors on every packet.
+    /// [`crate::cache::POLICY_CACHE_SLOTS`] words ([`crate::cache::CachedPolicy`]), indexed
+    /// by the cgroup id's low bits. It spares the walk over the cgroup's ancestors on every packet.
     pub const POLICY_CACHE: &str = "NG_POLICY_CACHE";
 
     /// Every map, in the order the agent pins them.

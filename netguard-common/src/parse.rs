@@ -3,9 +3,9 @@
 //!
 //! Every read has a fixed size and goes through [`Packet::load`], so a packet shorter than a
 //! read is an error, never an out-of-bounds read (the kernel's reader reaches paged data
-//! too). Anything that cannot be parsed, or that
-//! could be rerouted after it was looked at (IPv4 source routing, an IPv6 routing header with
-//! segments left), is [`Malformed`]: the caller blocks it with reason `malformed`.
+//! too). Anything that cannot be parsed, or that could be rerouted after it was looked at
+//! (IPv4 source routing, an IPv6 routing header with segments left), is [`Malformed`]: the
+//! caller blocks it with reason `malformed`.
 
 use crate::{FAMILY_V4, FAMILY_V6};
 

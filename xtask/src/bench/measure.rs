@@ -30,8 +30,8 @@ fn json_of(mut command: Command) -> Result<Value> {
 /// UDP datagrams of 64 bytes sent as fast as the sender can: datagrams a second, and the
 /// sender's CPU nanoseconds a datagram (its user and system time, which on this kind of
 /// machine exclude the time the hypervisor steals: `CONFIG_PARAVIRT_TIME_ACCOUNTING`; the
-/// veth's receive path runs in the sender's softirq and counts too). Runs `seconds`.
-pub fn udp(lab: &Lab, cgroup: &Path, seconds: &str) -> Result<(f64, f64)> {
+/// veth's receive path runs in the sender's softirq and counts too).
+pub fn udp(lab: &Lab, cgroup: &Path) -> Result<(f64, f64)> {
     let result = json_of(lab.sender(
         cgroup,
         "iperf3",
@@ -44,7 +44,7 @@ pub fn udp(lab: &Lab, cgroup: &Path, seconds: &str) -> Result<(f64, f64)> {
             "-b",
             "0",
             "-t",
-            seconds,
+            SECONDS,
             "-J",
         ],
     ))?;
@@ -117,7 +117,7 @@ pub fn program_stats(name: &str) -> Result<(f64, f64)> {
 pub fn egress_ns_per_packet(lab: &Lab, cgroup: &Path) -> Result<f64> {
     super::lab::sh("sysctl", &["-qw", "kernel.bpf_stats_enabled=1"])?;
     let before = program_stats("ng_egress")?;
-    let run = udp(lab, cgroup, SECONDS);
+    let run = udp(lab, cgroup);
     let after = program_stats("ng_egress")?;
     super::lab::sh("sysctl", &["-qw", "kernel.bpf_stats_enabled=0"])?;
     run?;

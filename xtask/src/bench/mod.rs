@@ -235,7 +235,7 @@ pub fn bench(
             let sender = lab.sender_cgroup(case.depth())?;
             let _filter = filter(case, &lab, &netguard)?;
             let entry = figures.entry(case.name()).or_default();
-            let (pps, cpu_ns) = measure::udp(&lab, &sender, measure::SECONDS)?;
+            let (pps, cpu_ns) = measure::udp(&lab, &sender)?;
             entry.entry("udp_pps").or_default().push(pps);
             entry.entry("udp_cpu_ns").or_default().push(cpu_ns);
             entry
